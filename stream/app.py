@@ -1,0 +1,145 @@
+"""Wiring: build a worker's stages from a :class:`~stream.config.Config`, and check that the
+servers it names can be reached before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encoders import Encoder, load_encoder
+from stream.batcher import FieldNames, InputRules
+from stream.clustering import Clusterer, OnlineKMeans
+from stream.config import Config
+from stream.metrics import Metrics
+from stream.state import StateStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Unreachable(RuntimeError):
+    """A server named in the configuration cannot be reached (reported in one line)."""
+
+
+def input_rules(cfg: Config) -> InputRules:
+    fields = FieldNames(cfg.id_field, cfg.text_field, cfg.ts_field, cfg.meta_field, cfg.label_field)
+    return InputRules(fields, cfg.max_chars, cfg.max_record_bytes)
+
+
+def build_clusterer(cfg: Config, encoder: Encoder) -> Clusterer:
+    """The clusterer of ``cfg``; its similarity threshold defaults to the encoder's own
+    (cosine similarities of a hashing encoder run far lower than a transformer's)."""
+    threshold = cfg.threshold if cfg.threshold is not None else getattr(encoder, "default_threshold", 0.4)
+    return OnlineKMeans(threshold=threshold, max_clusters=cfg.max_clusters, half_life=cfg.half_life)
+
+
+def build_encoder(cfg: Config) -> Encoder:
+    try:
+        return load_encoder(cfg.encoder, device=cfg.device, batch_size=cfg.encode_batch_size)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise Unreachable(f"encoder {cfg.encoder!r}: {exc}") from exc
+
+
+def build_store(cfg: Config) -> StateStore:
+    if not cfg.redis_url:
+        from stream.state.memory import MemoryStore
+
+        return MemoryStore(half_life=cfg.half_life, snapshot_path=cfg.state_file)
+    import redis
+
+    from stream.state.redis_store import RedisStore, redact
+
+    client = redis.Redis.from_url(cfg.redis_url, password=cfg.redis_password or None,
+                                  socket_timeout=5.0, socket_connect_timeout=5.0)
+    store = RedisStore(cfg.redis_url, model=cfg.model, half_life=cfg.half_life, client=client)
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        raise Unreachable(f"Redis at {redact(cfg.redis_url)} is unreachable: {exc.__cause__ or exc}") from exc
+    return store
+
+
+def check_kafka(cfg: Config, create_topics: list[str] | None = None, partitions: int = 1) -> None:
+    """Fail fast, in one line, when no broker answers; create missing output topics."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(request_timeout_ms=10000, **cfg.kafka_client_config())
+    except (KafkaError, OSError) as exc:
+        raise Unreachable(f"Kafka brokers at {cfg.brokers} are unreachable: {exc}") from exc
+    try:
+        if create_topics:
+            existing = set(admin.list_topics())
+            missing = [t for t in create_topics if t not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+    finally:
+        admin.close()
+
+
+@dataclass
+class Built:
+    worker: Any
+    closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in reversed(self.closers):
+            try:
+                c.close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("closing %s: %s", type(c).__name__, exc)
+
+
+def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any = None,
+                 metrics: Metrics | None = None, encoder: Encoder | None = None) -> Built:
+    """A worker for ``cfg``: Kafka in and out, or ``input_file`` in and ``sink`` out."""
+    from stream.worker import Worker
+
+    metrics = metrics or Metrics()
+    store = build_store(cfg)
+    encoder = encoder or build_encoder(cfg)
+    common: dict[str, Any] = dict(
+        encoder=encoder, clusterer=build_clusterer(cfg, encoder), store=store, rules=input_rules(cfg),
+        model_name=f"{cfg.clusterer}/{encoder.name}", batch_size=cfg.batch_size,
+        max_wait_ms=cfg.max_wait_ms, metrics=metrics, refresh_interval_s=cfg.refresh_interval_s,
+        log_interval_s=cfg.log_interval_s, exit_when_idle=cfg.exit_when_idle)
+    if input_file is not None:
+        from stream.sink import FileSink
+        from stream.source import FileSource
+
+        probe = FileSource(input_file)
+        stored = store.load_offsets([probe.tp]).get(probe.tp, 0)
+        probe.close()
+        file_source = FileSource(input_file, start=stored)
+        worker = Worker(source=file_source, sink=sink or FileSink("-"), **common)
+        if stored:
+            worker.expected[file_source.tp] = stored
+        return Built(worker, [store, file_source, worker.sink])
+
+    from stream.sink import KafkaSink
+    from stream.source import KafkaSource
+
+    check_kafka(cfg, create_topics=[cfg.assignments_topic, cfg.events_topic, cfg.dlq_topic])
+    kafka_cfg = cfg.kafka_client_config()
+    holder: dict[str, Worker] = {}
+    source = KafkaSource(
+        [cfg.input_topic], lookup=store.load_offsets,
+        on_assign=lambda stored: holder["w"].on_assign(stored),
+        on_revoke=lambda tps: holder["w"].on_revoke(tps),
+        consumer_config=dict(kafka_cfg, group_id=cfg.group_id,
+                             session_timeout_ms=cfg.session_timeout_ms,
+                             heartbeat_interval_ms=max(cfg.session_timeout_ms // 4, 500),
+                             auto_offset_reset=cfg.auto_offset_reset,
+                             max_poll_records=cfg.batch_size,
+                             fetch_max_bytes=max(52428800, cfg.max_record_bytes * 2),
+                             max_partition_fetch_bytes=max(1048576, cfg.max_record_bytes + 1024)))
+    kafka_sink = sink or KafkaSink(cfg.assignments_topic, cfg.events_topic, cfg.dlq_topic,
+                                   dict(kafka_cfg, max_request_size=max(1048576, cfg.max_record_bytes * 2)))
+    worker = Worker(source=source, sink=kafka_sink, on_committed=source.commit_to_kafka, **common)
+    holder["w"] = worker
+    return Built(worker, [store, kafka_sink, source])

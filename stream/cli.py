@@ -1,0 +1,338 @@
+"""The ``topicstream`` command: run, produce, cluster, inspect, demo.
+
+A user mistake (bad flag value, missing file, unreachable server) ends with one line naming
+what is wrong and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.config import Config, ConfigError, load_config
+
+log = logging.getLogger("topicstream")
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    """Reported as ``topicstream: error: MESSAGE``."""
+
+
+# -- shared flags --------------------------------------------------------------------------
+def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    p.add_argument("--config", metavar="FILE", help="settings file (TOML or JSON)")
+    group = p.add_argument_group("settings (also TOPICSTREAM_<NAME> variables)")
+    for f in dataclasses.fields(Config):
+        if only is not None and f.name not in only:
+            continue
+        group.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None,
+                           metavar=f.name.upper(), help=f"default: {f.default!r}")
+
+
+def _config(args: argparse.Namespace, **forced: Any) -> Config:
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    overrides.update({k: v for k, v in forced.items() if k not in overrides})
+    return load_config(args.config, overrides=overrides)
+
+
+class Progress:
+    """One self-rewriting line on a terminal; silent otherwise."""
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label, self.total = label, total
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.tty or (now - self.last < 0.2 and not force):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        sys.stderr.write(f"\r{self.label}: {done}{of} ({rate:,.0f}/s)   ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+        for name in ("transformers", "httpx", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# -- run -----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream.app import build_worker
+    from stream.http import StatusServer, liveness
+
+    cfg = _config(args)
+    log.info("starting with %s", json.dumps(cfg.redacted()))
+    built = build_worker(cfg)
+    worker = built.worker
+    server = None
+    if cfg.metrics_port:
+        server = StatusServer(cfg.metrics_host, cfg.metrics_port, worker.metrics.registry,
+                              alive=liveness(lambda: worker.heartbeat, max(60.0, cfg.session_timeout_ms / 1000 * 3)),
+                              ready=lambda: worker.ready).start()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stats = worker.run()
+    finally:
+        built.close()
+        if server is not None:
+            server.close()
+    log.info("stopped: %d batches, %d documents, %d to the DLQ, %d refused commits",
+             stats.batches, stats.docs, stats.bad, stats.rejected)
+    return 0
+
+
+# -- produce -------------------------------------------------------------------------------
+def read_records(path: Path, id_field: str, text_field: str) -> Any:
+    """(key, value) pairs from a JSONL or CSV file; CSV rows become JSON objects."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                key = row.get(id_field)
+                yield (key.encode() if key else None), json.dumps(row, ensure_ascii=False).encode()
+        return
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            key = None
+            try:
+                obj = json.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get(id_field), str | int):
+                    key = str(obj[id_field]).encode()
+            except ValueError:
+                pass  # sent as is: the worker's DLQ is the place for bad records
+            yield key, line
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer
+
+    from stream.app import check_kafka
+
+    cfg = _config(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    topic = args.topic or cfg.input_topic
+    check_kafka(cfg, create_topics=[topic], partitions=args.partitions)
+    producer = KafkaProducer(linger_ms=20, acks="all", **cfg.kafka_client_config())
+    progress = Progress(f"produce {path.name} -> {topic}")
+    n = 0
+    start = time.monotonic()
+    for key, value in read_records(path, cfg.id_field, cfg.text_field):
+        producer.send(topic, key=key, value=value)
+        n += 1
+        if args.limit and n >= args.limit:
+            break
+        if args.rate:
+            time.sleep(max(0.0, start + n / args.rate - time.monotonic()))
+        progress.update(n)
+    producer.flush()
+    producer.close()
+    progress.update(n, force=True)
+    progress.done()
+    seconds = time.monotonic() - start
+    print(f"produced {n} records from {path} to {topic} in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f}/s)")
+    return 0
+
+
+# -- cluster -------------------------------------------------------------------------------
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from stream.app import build_worker
+    from stream.evaluate import quality
+    from stream.sink import FileSink
+
+    cfg = _config(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    sink = FileSink(args.out, events=args.events, dlq=args.dlq)
+    built = build_worker(cfg, input_file=path, sink=sink)
+    worker = built.worker
+    progress = Progress(f"cluster {path.name}")
+    labels: list[str | None] = []
+    preds: list[int] = []
+    original = worker.process
+
+    def process(records: Any) -> bool:
+        ok = original(records)
+        progress.update(worker.stats.docs + worker.stats.bad)
+        return ok
+
+    worker.process = process  # type: ignore[method-assign]
+    original_send = sink.send
+
+    def send(kind: str, messages: Any) -> None:
+        if kind == "assignments":
+            for _, value in messages:
+                preds.append(json.loads(value)["cluster_id"])
+        original_send(kind, messages)
+
+    sink.send = send  # type: ignore[method-assign]
+    label_of = _labels(path, cfg.id_field, cfg.label_field)
+    start = time.monotonic()
+    try:
+        stats = worker.run()
+    finally:
+        built.close()
+    seconds = time.monotonic() - start
+    progress.done()
+    out = sys.stderr if args.out == "-" else sys.stdout
+    print(f"clustered {stats.docs} documents ({stats.bad} bad) from {path} in {seconds:.2f} s: "
+          f"{stats.docs / max(seconds, 1e-9):,.0f} docs/s end to end, "
+          f"{worker.clusterer.n_clusters} clusters; encoder {worker.encoder.name}", file=out)
+    if label_of is not None and preds:
+        labels = label_of[: len(preds)]
+        if all(v is not None for v in labels):
+            q = quality(labels, preds)
+            print(f"against labels: NMI {q.nmi:.3f}  ARI {q.ari:.3f}  homogeneity {q.homogeneity:.3f}  "
+                  f"completeness {q.completeness:.3f}  purity {q.purity:.3f}  "
+                  f"clusters {q.clusters} ({q.clusters_5plus} with 5+ documents)", file=out)
+    return 0
+
+
+def _labels(path: Path, id_field: str, label_field: str) -> list[str | None] | None:
+    """Labels of the valid documents, in file order, when the file has them (JSONL only)."""
+    if path.suffix.lower() != ".jsonl":
+        return None
+    out: list[str | None] = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and id_field in obj:
+                label = obj.get(label_field)
+                out.append(None if label is None else str(label))
+    return out if any(v is not None for v in out) else None
+
+
+# -- inspect -------------------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from stream.app import build_store
+
+    cfg = _config(args)
+    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
+        raise CliError("nothing to inspect: give --redis-url or an existing --state-file")
+    store = build_store(cfg)
+    state = store.load_state()
+    if state is None:
+        raise CliError(f"model {cfg.model!r} has no state in the store")
+    weights = state.weights_at(state.n_docs, cfg.half_life)
+    order = weights.argsort()[::-1][: args.top]
+    rows = [{"id": int(state.ids[i]), "weight": round(float(weights[i]), 3),
+             "size": int(state.counts[i]), "last_seen": int(state.last_t[i]),
+             "created": int(state.created_t[i])} for i in order]
+    if args.json:
+        print(json.dumps({"model": cfg.model, "documents": state.n_docs, "clusters": len(state),
+                          "version": state.version, "top": rows}, indent=2))
+        return 0
+    print(f"model {cfg.model}: {len(state)} clusters, {state.n_docs} documents, version {state.version}")
+    print(f"{'id':>6} {'weight':>9} {'size':>6} {'created':>8} {'last seen':>9}   (stream time in documents)")
+    for r in rows:
+        print(f"{r['id']:>6} {r['weight']:>9.1f} {r['size']:>6} {r['created']:>8} {r['last_seen']:>9}")
+    store.close()
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(encoder=args.encoder, keep_logs=args.verbose)
+
+
+# -- main ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="topicstream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the service: Kafka in, assignments and events out")
+    _add_config_flags(p)  # includes --exit-when-idle SECONDS, for batch jobs and tests
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("produce", help="write a JSONL or CSV file to a topic")
+    p.add_argument("file")
+    p.add_argument("--topic", help="default: the input topic")
+    p.add_argument("--partitions", type=int, default=4, help="when the topic is created")
+    p.add_argument("--limit", type=int, default=0, help="stop after N records")
+    p.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
+    _add_config_flags(p, only=("brokers", "input_topic", "id_field", "text_field",
+                               "kafka_security_protocol", "kafka_sasl_mechanism",
+                               "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile"))
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("cluster", help="cluster a JSONL or CSV file, no servers needed")
+    p.add_argument("file")
+    p.add_argument("--out", default="-", help="assignments as JSONL (default: standard output)")
+    p.add_argument("--events", help="write events as JSONL here")
+    p.add_argument("--dlq", help="write bad records as JSONL here")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("inspect", help="show the clusters in a state store")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life"))
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="embedded broker and Redis, a sample stream, the topics found")
+    p.add_argument("--encoder", default="transformer", help="transformer (default) or hashing")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from stream.app import Unreachable
+    from stream.state import CommitRejected, StoreUnavailable
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, CliError, ValueError) as exc:
+        print(f"topicstream: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (Unreachable, StoreUnavailable, CommitRejected, OSError) as exc:
+        print(f"topicstream: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration: defaults, then a file (TOML or JSON), then ``TOPICSTREAM_*`` environment
+variables, then command-line flags; validated once at start.
+
+Every field of :class:`Config` is settable in each of the three ways: ``batch_size`` is
+``batch_size = 128`` in a file, ``TOPICSTREAM_BATCH_SIZE=128`` in the environment and
+``--batch-size 128`` on the command line. Secrets (``redis_password``, ``kafka_sasl_password``)
+can also be read from a file named by ``..._file``; they are never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+ENV_PREFIX = "TOPICSTREAM_"
+SECRET_FIELDS = ("redis_password", "kafka_sasl_password")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: reported in one line, never as a traceback."""
+
+
+@dataclass
+class Config:
+    # Kafka
+    brokers: str = "localhost:9092"
+    input_topic: str = "documents"
+    assignments_topic: str = "assignments"
+    events_topic: str = "topic-events"
+    dlq_topic: str = "documents-dlq"
+    group_id: str = "topicstream"
+    session_timeout_ms: int = 10000
+    auto_offset_reset: str = "earliest"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    # state
+    redis_url: str | None = None  # None: the in-memory store
+    redis_password: str | None = None
+    state_file: str | None = None  # snapshot of the in-memory store
+    model: str = "default"
+    refresh_interval_s: float = 5.0
+    # input contract
+    id_field: str = "id"
+    text_field: str = "text"
+    ts_field: str = "ts"
+    meta_field: str = "meta"
+    label_field: str = "label"
+    max_chars: int = 2000
+    max_record_bytes: int = 1_000_000
+    # pipeline
+    batch_size: int = 256
+    max_wait_ms: int = 500
+    encoder: str = "transformer"
+    device: str = "auto"
+    encode_batch_size: int = 128
+    clusterer: str = "kmeans"
+    threshold: float | None = None  # None: the encoder's default_threshold
+    max_clusters: int = 1000
+    half_life: float | None = None
+    # operations
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0: no HTTP server
+    log_interval_s: float = 10.0
+    exit_when_idle: float | None = None
+
+    def validate(self) -> Config:
+        checks: list[tuple[bool, str]] = [
+            (self.batch_size >= 1, f"batch_size={self.batch_size} should be >= 1"),
+            (self.max_wait_ms >= 0, f"max_wait_ms={self.max_wait_ms} should be >= 0"),
+            (self.encode_batch_size >= 1, f"encode_batch_size={self.encode_batch_size} should be >= 1"),
+            (self.threshold is None or -1.0 <= self.threshold <= 1.0,
+             f"threshold={self.threshold} should be within [-1, 1]"),
+            (self.max_clusters >= 1, f"max_clusters={self.max_clusters} should be >= 1"),
+            (self.half_life is None or self.half_life > 0, f"half_life={self.half_life} should be > 0"),
+            (self.max_chars >= 1, f"max_chars={self.max_chars} should be >= 1"),
+            (self.max_record_bytes >= 1, f"max_record_bytes={self.max_record_bytes} should be >= 1"),
+            (0 <= self.metrics_port <= 65535, f"metrics_port={self.metrics_port} should be within [0, 65535]"),
+            (self.session_timeout_ms >= 1000, f"session_timeout_ms={self.session_timeout_ms} should be >= 1000"),
+            (self.auto_offset_reset in ("earliest", "latest"),
+             f"auto_offset_reset={self.auto_offset_reset!r} should be 'earliest' or 'latest'"),
+            (self.clusterer in ("kmeans",), f"clusterer={self.clusterer!r} should be 'kmeans'"),
+            (self.encoder.split(":")[0] in ("hashing", "transformer"),
+             f"encoder={self.encoder!r} should be 'hashing[:DIM]' or 'transformer[:PATH]'"),
+            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device={self.device!r} should be 'auto', 'cpu' or 'cuda[:N]'"),
+            (bool(self.model) and "{" not in self.model and "}" not in self.model,
+             f"model={self.model!r} should be a non-empty name without braces"),
+            (self.refresh_interval_s > 0, f"refresh_interval_s={self.refresh_interval_s} should be > 0"),
+            (self.exit_when_idle is None or self.exit_when_idle > 0,
+             f"exit_when_idle={self.exit_when_idle} should be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis_url={self.redis_url!r} should start with redis://, rediss:// or unix://")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a dict fit for a log line (secrets and URL passwords hidden)."""
+        from stream.state.redis_store import redact
+
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out[name]:
+                out[name] = "***"
+        if out["redis_url"]:
+            out["redis_url"] = redact(out["redis_url"])
+        return out
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Settings shared by the consumer, the producer and the admin client."""
+        cfg: dict[str, Any] = {"bootstrap_servers": self.brokers.split(","),
+                               "security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            cfg.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                       sasl_plain_username=self.kafka_sasl_username,
+                       sasl_plain_password=self.kafka_sasl_password)
+        if self.kafka_ssl_cafile:
+            cfg["ssl_cafile"] = self.kafka_ssl_cafile
+        return cfg
+
+
+_TYPES = get_type_hints(Config)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a file, environment or flag value into the field's type, or say what is wrong."""
+    hint = _TYPES[name]
+    optional = type(None) in get_args(hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    args = [a for a in get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+                str(value).lower()]
+        if base is int and isinstance(value, bool):
+            raise ValueError
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return base(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{name}={value!r} should be of type {base.__name__}") from exc
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} does not parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} should hold a table of settings")
+    return data
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < file < environment < ``overrides`` (flags); then validated."""
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if path:
+        for key, value in _read_file(Path(path)).items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    for name in names:
+        if ENV_PREFIX + name.upper() in env:
+            values[name] = _coerce(name, env[ENV_PREFIX + name.upper()])
+    for name in SECRET_FIELDS:  # secrets may come from files (Kubernetes Secret volumes)
+        file_var = ENV_PREFIX + name.upper() + "_FILE"
+        if file_var in env:
+            try:
+                values[name] = Path(env[file_var]).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{file_var}={env[file_var]}: {exc.strerror}") from exc
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    return Config(**values).validate()

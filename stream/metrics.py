@@ -1,0 +1,53 @@
+"""Every Prometheus metric of topicstream, by name, in one place.
+
+Labels carry bounded values only (stage names, DLQ reasons, topic and partition of the
+input); never a cluster or document id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+STAGES = ("poll", "decode", "encode", "cluster", "publish", "commit")
+
+
+class Metrics:
+    """The worker's metrics, registered in their own registry (one per worker object)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.docs_in = Counter("topicstream_documents_in_total",
+                               "Input records consumed (valid or not).", registry=r)
+        self.docs_out = Counter("topicstream_documents_out_total",
+                                "Documents assigned to a cluster and published.", registry=r)
+        self.dlq = Counter("topicstream_dlq_records_total",
+                           "Input records sent to the dead-letter topic, by reason.",
+                           ["reason"], registry=r)
+        self.batches = Counter("topicstream_batches_total", "Batches committed.", registry=r)
+        self.batch_size = Histogram("topicstream_batch_size_records",
+                                    "Records per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("topicstream_stage_duration_seconds",
+                                       "Time spent per batch in each stage of the pipeline.",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.clusters = Gauge("topicstream_active_clusters", "Clusters in the model.", registry=r)
+        self.clusters_created = Counter("topicstream_clusters_created_total",
+                                        "Clusters created.", registry=r)
+        self.lag = Gauge("topicstream_consumer_lag_records",
+                         "Records between the consumer position and the high-water mark.",
+                         ["topic", "partition"], registry=r)
+        self.commits_rejected = Counter(
+            "topicstream_commits_rejected_total",
+            "Batch commits refused by the offset compare-and-set (fenced stale workers).",
+            registry=r)
+        self.store_errors = Counter("topicstream_store_errors_total",
+                                    "Failed attempts to reach the state store.", registry=r)
+        self.model_version = Gauge("topicstream_model_version",
+                                   "Commits applied to the shared model.", registry=r)
+        self.assigned_partitions = Gauge("topicstream_assigned_partitions",
+                                         "Input partitions this worker owns.", registry=r)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)

@@ -1,0 +1,81 @@
+"""State stores: where the clusterer state and the consumed offsets live.
+
+A store keeps, for one model, the :class:`~stream.clustering.base.ClusterState` and the next
+offset to consume for each input partition. :meth:`StateStore.commit` applies one batch's
+delta and moves that batch's partitions forward *atomically*, and only if every partition
+still stands where the batch began (compare-and-set): a worker whose partitions were taken
+over meanwhile (a zombie back from a long pause) gets :class:`CommitRejected` and must drop
+its batch, reload the state and seek back to the stored offsets.
+
+Offsets are "next offset to read" (last consumed + 1), the Kafka convention: resuming at a
+stored offset re-reads nothing and skips nothing. ``-1`` stands for "nothing stored yet".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from stream.clustering.base import ClusterState, Delta
+from stream.contracts import TopicPartition
+
+NO_OFFSET = -1
+
+
+class CommitRejected(Exception):
+    """The compare-and-set on the offsets failed: another worker moved this partition."""
+
+    def __init__(self, partition: str, expected: int, found: int) -> None:
+        super().__init__(f"{partition}: expected stored offset {expected}, found {found}")
+        self.partition, self.expected, self.found = partition, expected, found
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached; the batch was not applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetMove:
+    """Move ``tp`` from ``expected`` (as stored when the batch began) to ``new``."""
+
+    tp: TopicPartition
+    expected: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    version: int  # commits applied to the store, this one included
+    n_docs: int  # the store's document counter after this commit
+
+
+def offset_field(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+class StateStore(Protocol):
+    half_life: float | None
+
+    def load_state(self) -> ClusterState | None:
+        """The stored state, or None when this model has none yet."""
+        ...
+
+    def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Stored next offsets; partitions with none are absent."""
+        ...
+
+    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
+        """Apply ``delta`` and ``moves`` atomically, or raise :class:`CommitRejected`."""
+        ...
+
+    def allocate_ids(self, n: int) -> np.ndarray:
+        """``n`` new cluster ids, unique across every worker of the model."""
+        ...
+
+    def close(self) -> None: ...
+
+
+__all__ = ["NO_OFFSET", "CommitRejected", "CommitResult", "OffsetMove", "StateStore",
+           "StoreUnavailable", "offset_field"]

@@ -1,0 +1,94 @@
+"""In-memory state store: the embedded default, with an optional snapshot file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from stream.clustering.base import ClusterState, Delta, apply_delta
+from stream.contracts import TopicPartition
+from stream.state import NO_OFFSET, CommitRejected, CommitResult, OffsetMove, offset_field
+
+log = logging.getLogger(__name__)
+
+_ARRAYS = ("ids", "sums", "weights", "counts", "last_t", "created_t")
+
+
+def save_snapshot(path: Path, state: ClusterState, offsets: dict[str, int]) -> None:
+    """Write ``state`` and ``offsets`` to an ``.npz`` file atomically (write, then rename)."""
+    meta = {"dim": state.dim, "n_docs": state.n_docs, "next_id": state.next_id,
+            "version": state.version, "offsets": offsets, "format": 1}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 **{k: getattr(state, k) for k in _ARRAYS})
+    os.replace(tmp, path)
+
+
+def load_snapshot(path: Path) -> tuple[ClusterState, dict[str, int]]:
+    """Read a snapshot; never unpickles (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        arrays = {k: z[k] for k in _ARRAYS}
+    state = ClusterState(dim=int(meta["dim"]), n_docs=int(meta["n_docs"]),
+                         next_id=int(meta["next_id"]), version=int(meta["version"]), **arrays)
+    return state, {str(k): int(v) for k, v in meta["offsets"].items()}
+
+
+class MemoryStore:
+    """State and offsets in this process; saved to ``snapshot_path`` on :meth:`save`/:meth:`close`.
+
+    Same contract as the Redis store (compare-and-set commit), for one worker.
+    """
+
+    def __init__(self, half_life: float | None = None, snapshot_path: str | Path | None = None) -> None:
+        self.half_life = half_life
+        self.snapshot_path = Path(snapshot_path) if snapshot_path else None
+        self._lock = threading.Lock()
+        self._state: ClusterState | None = None
+        self._offsets: dict[str, int] = {}
+        self._next_id = 0
+        if self.snapshot_path and self.snapshot_path.exists():
+            self._state, self._offsets = load_snapshot(self.snapshot_path)
+            log.info("loaded snapshot %s: %d clusters, %d documents", self.snapshot_path,
+                     len(self._state), self._state.n_docs)
+
+    def load_state(self) -> ClusterState | None:
+        return self._state
+
+    def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._offsets[offset_field(tp)] for tp in tps if offset_field(tp) in self._offsets}
+
+    def all_offsets(self) -> dict[str, int]:
+        return dict(self._offsets)
+
+    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
+        with self._lock:
+            for mv in moves:
+                found = self._offsets.get(offset_field(mv.tp), NO_OFFSET)
+                if found != mv.expected:
+                    raise CommitRejected(str(mv.tp), mv.expected, found)
+            base = self._state or ClusterState.empty(delta.sums.shape[1])
+            self._state = apply_delta(base, delta, self.half_life)
+            for mv in moves:
+                self._offsets[offset_field(mv.tp)] = mv.new
+            return CommitResult(self._state.version, self._state.n_docs)
+
+    def allocate_ids(self, n: int) -> np.ndarray:
+        with self._lock:
+            state = self._state
+            start = max(self._next_id, state.next_id if state else 0)
+            self._next_id = start + n
+            return np.arange(start, start + n, dtype=np.int64)
+
+    def save(self) -> None:
+        if self.snapshot_path and self._state is not None:
+            save_snapshot(self.snapshot_path, self._state, self._offsets)
+
+    def close(self) -> None:
+        self.save()

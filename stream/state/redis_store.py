@@ -1,0 +1,156 @@
+"""Redis state store: the shared model of every worker, one atomic Lua commit per batch."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stream.clustering.base import ClusterState, Delta
+from stream.contracts import TopicPartition
+from stream.state import CommitRejected, CommitResult, OffsetMove, StoreUnavailable, offset_field
+
+log = logging.getLogger(__name__)
+
+HEADER = 32  # '<dddd': weight, count, last_t, created_t
+
+
+def record_dtype(dim: int) -> np.dtype:
+    """Layout of one cluster record in Redis (and of one delta row sent to the script)."""
+    return np.dtype([("weight", "<f8"), ("count", "<f8"), ("last_t", "<f8"),
+                     ("created_t", "<f8"), ("sum", "<f4", (dim,))])
+
+
+def model_keys(model: str) -> dict[str, str]:
+    """Every key of a model shares the hash tag ``{model}``, so it runs on Redis Cluster."""
+    if not model or any(c in model for c in "{}"):
+        raise ValueError(f"model={model!r} should be a non-empty name without braces")
+    base = f"topicstream:{{{model}}}"
+    return {k: f"{base}:{k}" for k in ("meta", "offsets", "clusters", "next_id", "lease")}
+
+
+class RedisStore:
+    """Clusterer state and offsets in Redis, shared by every worker of ``model``.
+
+    Layout (all under the hash tag ``{model}``): ``meta`` (``n_docs``, ``version``, ``dim``),
+    ``offsets`` (``topic:partition`` -> next offset), ``clusters`` (id -> packed record, see
+    :func:`record_dtype`: plain numbers, never pickle) and ``next_id`` (the counter that
+    hands out cluster ids).
+
+    :meth:`commit` runs ``commit.lua``: one round trip, atomic, compare-and-set on the
+    offsets (the fencing of zombies), then the delta, with the same arithmetic as
+    :func:`stream.clustering.base.apply_delta`.
+    """
+
+    def __init__(self, url: str, model: str = "default", half_life: float | None = None,
+                 client: Any = None, socket_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.model = model
+        self.half_life = half_life
+        self.keys = model_keys(model)
+        self.r = client or redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
+                                                socket_connect_timeout=socket_timeout_s)
+        script = resources.files("stream.state").joinpath("commit.lua").read_text()
+        self._commit = self.r.register_script(script)
+
+    def ping(self) -> None:
+        try:
+            self.r.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {redact(self.url)} is unreachable: {exc}") from exc
+
+    def load_state(self) -> ClusterState | None:
+        try:
+            with self.r.pipeline(transaction=True) as p:
+                p.hgetall(self.keys["meta"])
+                p.hgetall(self.keys["clusters"])
+                p.get(self.keys["next_id"])
+                meta, clusters, next_id = p.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if not meta:
+            return None
+        dim = int(meta[b"dim"])
+        dt = record_dtype(dim)
+        ids = np.fromiter((int(k) for k in clusters), np.int64, len(clusters))
+        recs = np.frombuffer(b"".join(clusters.values()), dtype=dt) if clusters else np.zeros(0, dt)
+        state = ClusterState(
+            dim=dim, ids=ids, sums=recs["sum"].astype(np.float32),
+            weights=recs["weight"].astype(np.float64), counts=recs["count"].astype(np.int64),
+            last_t=recs["last_t"].astype(np.float64), created_t=recs["created_t"].astype(np.float64),
+            n_docs=int(meta.get(b"n_docs", 0)), next_id=int(next_id or 0),
+            version=int(meta.get(b"version", 0)),
+        )
+        return state.sorted()
+
+    def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        try:
+            values = self.r.hmget(self.keys["offsets"], [offset_field(tp) for tp in tps])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return {tp: int(v) for tp, v in zip(tps, values, strict=True) if v is not None}
+
+    def all_offsets(self) -> dict[str, int]:
+        raw: dict[Any, Any] = self.r.hgetall(self.keys["offsets"])
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+
+    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
+        dim = int(delta.sums.shape[1])
+        recs = np.zeros(len(delta.ids), dtype=record_dtype(dim))
+        recs["weight"] = delta.weights
+        recs["count"] = delta.counts
+        recs["sum"] = delta.sums
+        args: list[Any] = [delta.n_docs, "" if self.half_life is None else repr(self.half_life),
+                           dim, len(moves)]
+        for mv in moves:
+            args += [offset_field(mv.tp), str(mv.expected), str(mv.new)]
+        args.append(len(delta.ids))
+        args += [str(int(c)) for c in delta.ids]
+        args.append(recs.tobytes())
+        keys = [self.keys["meta"], self.keys["offsets"], self.keys["clusters"]]
+        try:
+            out = self._commit(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except ResponseError as exc:
+            raise RuntimeError(f"commit script failed: {exc}") from exc
+        out = [v.decode() if isinstance(v, bytes) else v for v in out]
+        status = out[0]
+        if status == "rejected":
+            field = str(out[1])
+            expected = next(mv.expected for mv in moves if offset_field(mv.tp) == field)
+            raise CommitRejected(field, expected, int(out[2]))
+        if status == "bad_dim":
+            raise ValueError(f"model {self.model!r} has dim={int(out[1])}, this batch has dim={dim}: "
+                             "a model's encoder cannot change (use another --model name)")
+        return CommitResult(version=int(out[1]), n_docs=int(out[2]))
+
+    def allocate_ids(self, n: int) -> np.ndarray:
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        try:
+            top = int(self.r.incrby(self.keys["next_id"], n))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return np.arange(top - n, top, dtype=np.int64)
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def redact(url: str) -> str:
+    """A URL fit for a log line: the password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in cred else f"{scheme}{sep}***@{host}"

@@ -1,0 +1,296 @@
+"""The worker loop: source -> batcher -> encoder -> clusterer -> sink -> state, and metrics.
+
+Commit order, for every micro-batch
+-----------------------------------
+1. **Poll** a micro-batch (at most ``batch_size`` records, at most ``max_wait_ms``).
+2. **Decode** each record; bad ones become DLQ records (their offsets still advance).
+3. **Encode** the valid texts and **cluster** them on the local replica of the model,
+   which yields the assignments and the batch *delta*.
+4. **Publish** assignments, ``cluster_created`` events and DLQ records, then **flush** the
+   producer: nothing goes further until the broker acknowledged all of them.
+5. **Commit** to the state store, atomically: the delta and, for each partition in the
+   batch, the move from the offset stored when the batch began to last offset + 1,
+   guarded by a compare-and-set on the former.
+6. Mirror the new offsets into Kafka's group offsets (best effort, for lag tools only).
+
+What follows from it:
+
+- A worker killed before 5 committed nothing: its partitions are re-read from the stored
+  offsets by whoever owns them next, so no input is lost and the state counts each document
+  once. Whatever it published in 4 is published again: output is at-least-once, keyed by
+  document id, so consumers can de-duplicate.
+- A commit refused in 5 (another worker moved one of the partitions: this worker is a
+  zombie back from a pause) drops the batch: the local replica is reloaded from the store
+  and the partitions are sought back to their stored offsets. The refusal is counted in
+  ``topicstream_commits_rejected_total``.
+- On start and on every assignment, partitions are sought to the stored offsets (the store
+  owns offsets, not Kafka).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders import Encoder
+from stream.batcher import InputRules, MicroBatcher, RecordSource, decode_batch, next_offsets
+from stream.clustering.base import BatchResult, Clusterer, ClusterState, Delta
+from stream.contracts import (
+    BadRecord,
+    Document,
+    Record,
+    TopicPartition,
+    assignment_message,
+    dlq_message,
+    event_message,
+)
+from stream.metrics import Metrics
+from stream.state import NO_OFFSET, CommitRejected, OffsetMove, StateStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    docs: int = 0
+    bad: int = 0
+    rejected: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs the pipeline until stopped (or idle for ``exit_when_idle`` seconds).
+
+    The source is any :class:`~stream.batcher.RecordSource`; when it is a Kafka source,
+    build it with :meth:`on_assign`, :meth:`on_revoke` and ``store.load_offsets`` as hooks
+    (see :func:`stream.app.build_worker`).
+    """
+
+    def __init__(
+        self,
+        *,
+        source: RecordSource,
+        encoder: Encoder,
+        clusterer: Clusterer,
+        store: StateStore,
+        sink: Any,
+        rules: InputRules,
+        model_name: str,
+        batch_size: int = 256,
+        max_wait_ms: int = 500,
+        metrics: Metrics | None = None,
+        refresh_interval_s: float = 5.0,
+        log_interval_s: float = 10.0,
+        exit_when_idle: float | None = None,
+        on_committed: Callable[[dict[TopicPartition, int]], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.encoder = encoder
+        self.clusterer = clusterer
+        self.store = store
+        self.sink = sink
+        self.rules = rules
+        self.model_name = model_name
+        self.batcher = MicroBatcher(source, batch_size, max_wait_ms)
+        self.metrics = metrics or Metrics()
+        self.refresh_interval_s = refresh_interval_s
+        self.log_interval_s = log_interval_s
+        self.exit_when_idle = exit_when_idle
+        self.on_committed = on_committed
+        self.stop_event = threading.Event()
+        self.stats = WorkerStats()
+        self.expected: dict[TopicPartition, int] = {}  # offsets as stored, per owned partition
+        self.synced_version = 0
+        self.stale = False
+        self.last_refresh = time.monotonic()
+        self.heartbeat = time.monotonic()
+        self.ready = False
+        self.clusterer.set_id_allocator(store.allocate_ids)
+
+    # -- hooks for the Kafka source ------------------------------------------------------
+    def on_assign(self, stored: dict[TopicPartition, int | None]) -> None:
+        for tp, off in stored.items():
+            self.expected[tp] = NO_OFFSET if off is None else off
+        self.metrics.assigned_partitions.set(len(self.expected))
+
+    def on_revoke(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.expected.pop(tp, None)
+        self.metrics.lag.clear()  # set again for the partitions still owned at the next log line
+        self.metrics.assigned_partitions.set(len(self.expected))
+
+    # -- state -----------------------------------------------------------------------------
+    def load_model(self) -> None:
+        """Replace the local replica with the stored model."""
+        state = self.store.load_state()
+        self.clusterer.restore(state or ClusterState.empty(self.encoder.dim))
+        self.synced_version = state.version if state else 0
+        self.stale = False
+        self.last_refresh = time.monotonic()
+        self.metrics.clusters.set(self.clusterer.n_clusters)
+        self.metrics.model_version.set(self.synced_version)
+
+    def _resync(self) -> None:
+        """After a refused commit: reload the model and go back to the stored offsets."""
+        self.load_model()
+        owned = list(self.expected)
+        stored = self.store.load_offsets(owned)
+        positions: dict[TopicPartition, int | None] = {tp: stored.get(tp) for tp in owned}
+        for tp, off in positions.items():
+            self.expected[tp] = NO_OFFSET if off is None else off
+        seek = getattr(self.source, "seek", None)
+        if seek is not None:
+            seek(positions)
+
+    # -- one batch -------------------------------------------------------------------------
+    def process(self, records: list[Record]) -> bool:
+        """Run one batch through steps 2-6 of the commit order; False when it was dropped."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        docs, bad = decode_batch(records, self.rules)
+        t1 = time.perf_counter()
+        moves = [OffsetMove(tp, self.expected.get(tp, NO_OFFSET), new)
+                 for tp, new in next_offsets(records).items()]
+        result: BatchResult | None = None
+        if docs:
+            X = self.encoder.encode([d.text for d in docs])
+            t2 = time.perf_counter()
+            result = self.clusterer.learn_predict(X)
+        else:
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        self._publish(docs, bad, result)
+        t4 = time.perf_counter()
+        delta = result.delta if result is not None else Delta.empty(self.encoder.dim)
+        try:
+            committed = self.store.commit(delta, moves)
+        except CommitRejected as exc:
+            m.commits_rejected.inc()
+            self.stats.rejected += 1
+            log.warning("commit refused (%s): dropping the batch of %d records, reloading the "
+                        "model and seeking back to the stored offsets", exc, len(records))
+            self._resync()
+            return False
+        except StoreUnavailable as exc:
+            m.store_errors.inc()
+            log.warning("state store unavailable (%s): dropping the batch of %d records; it "
+                        "will be re-read from the stored offsets", exc, len(records))
+            self._wait_for_store()
+            self._resync()
+            return False
+        t5 = time.perf_counter()
+        for mv in moves:
+            self.expected[mv.tp] = mv.new
+        if committed.version != self.synced_version + 1:
+            self.stale = True  # another worker committed in between
+        self.synced_version = committed.version
+        if self.on_committed is not None:
+            self.on_committed({mv.tp: mv.new for mv in moves})
+        # metrics
+        for stage, seconds in (("decode", t1 - t0), ("encode", t2 - t1), ("cluster", t3 - t2),
+                               ("publish", t4 - t3), ("commit", t5 - t4)):
+            m.stage_seconds.labels(stage).observe(seconds)
+        m.docs_in.inc(len(records))
+        m.docs_out.inc(len(docs))
+        m.batches.inc()
+        m.batch_size.observe(len(records))
+        for b in bad:
+            m.dlq.labels(b.error).inc()
+        if result is not None:
+            m.clusters_created.inc(len(result.delta.new_ids))
+        m.clusters.set(self.clusterer.n_clusters)
+        m.model_version.set(committed.version)
+        self.stats.batches += 1
+        self.stats.docs += len(docs)
+        self.stats.bad += len(bad)
+        return True
+
+    def _publish(self, docs: list[Document], bad: list[BadRecord], result: BatchResult | None) -> None:
+        now = time.time()
+        if result is not None:
+            version = self.synced_version + 1
+            self.sink.send("assignments", [
+                assignment_message(
+                    d, cluster_id=int(c), similarity=float(s), is_new_cluster=bool(nw),
+                    is_outlier=bool(o), keywords=[], model=self.model_name,
+                    model_version=version, processed_at=now)
+                for d, c, s, nw, o in zip(docs, result.cluster_ids.tolist(), result.similarity.tolist(),
+                                          result.is_new_cluster.tolist(), result.is_outlier.tolist(),
+                                          strict=True)])
+            founders = np.flatnonzero(result.is_new_cluster)
+            self.sink.send("events", [
+                event_message("cluster_created", cluster_id=int(result.cluster_ids[i]), size=1.0,
+                              keywords=[], exemplars=[docs[i].text], score=float(result.similarity[i]),
+                              ts=docs[i].ts, founder_id=docs[i].id)
+                for i in founders.tolist()])
+        if bad:
+            for b in bad:
+                log.info("bad record %s: %s (%s)", b.record.where(), b.error, b.detail[:120])
+            self.sink.send("dlq", [dlq_message(b) for b in bad])
+        self.sink.flush()
+
+    def _wait_for_store(self) -> None:
+        delay = 0.2
+        while not self.stop_event.is_set():
+            try:
+                ping = getattr(self.store, "ping", None)
+                if ping is not None:
+                    ping()
+                return
+            except StoreUnavailable:
+                self.metrics.store_errors.inc()
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- the loop --------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> WorkerStats:
+        """Process batches until :meth:`stop` (e.g. on SIGTERM) or idle; returns counters.
+
+        On stop the batch in hand is finished and committed before returning.
+        """
+        self.load_model()
+        self.ready = True
+        last_data = time.monotonic()
+        last_log, logged_docs = time.monotonic(), 0
+        exhausted = getattr(self.source, "exhausted", None)
+        while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
+            tp0 = time.perf_counter()
+            records = self.batcher.next_batch()
+            self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - tp0)
+            now = time.monotonic()
+            if records:
+                self.process(records)
+                last_data = now
+            elif exhausted is not None and self.source.exhausted:  # type: ignore[attr-defined]
+                break
+            elif self.exit_when_idle is not None and now - last_data >= self.exit_when_idle:
+                log.info("idle for %.1f s: exiting", now - last_data)
+                break
+            if self.stale and now - self.last_refresh >= self.refresh_interval_s:
+                self.load_model()
+            if now - last_log >= self.log_interval_s:
+                self._log_progress(now - last_log, self.stats.docs - logged_docs)
+                last_log, logged_docs = now, self.stats.docs
+        return self.stats
+
+    def _log_progress(self, seconds: float, docs: int) -> None:
+        lag_total = 0
+        lag_fn = getattr(self.source, "lag", None)
+        if lag_fn is not None:
+            for tp, lag in lag_fn().items():
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                lag_total += lag
+        log.info("%.0f docs/s over %.0f s; %d docs, %d to DLQ, %d refused batches in all; "
+                 "%d clusters; lag %d", docs / max(seconds, 1e-9), seconds, self.stats.docs,
+                 self.stats.bad, self.stats.rejected, self.clusterer.n_clusters, lag_total)

@@ -1,0 +1,69 @@
+"""Fixtures that start real servers: a Tansu Kafka-protocol broker and a private redis-server,
+each on a free port, torn down after. No test depends on a server started by hand."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.services import Service, start_redis, start_tansu
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "stream" / "demo_corpus.jsonl"
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[Service]:
+    with start_tansu() as broker:
+        yield broker
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Service]:
+    with start_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_aof(tmp_path: Path) -> Iterator[Service]:
+    with start_redis(aof=True, workdir=tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Topic, group and model names of one test, unique so tests share the broker safely."""
+    tag = uuid.uuid4().hex[:8]
+    return {"input": f"in-{tag}", "assignments": f"asg-{tag}", "events": f"ev-{tag}",
+            "dlq": f"dlq-{tag}", "group": f"g-{tag}", "model": f"m-{tag}"}
+
+
+def corpus_rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
+def documents(n: int) -> list[dict[str, str]]:
+    """``n`` valid documents with unique ids, cycling over the sample corpus."""
+    rows = corpus_rows()
+    return [{"id": f"doc-{i}", "text": rows[i % len(rows)]["text"], "label": rows[i % len(rows)]["label"]}
+            for i in range(n)]
+
+
+# One of each kind of bad input named in DESIGN.md, with the error it must be filed under.
+MALFORMED: list[tuple[bytes | None, str]] = [
+    (b"\xff\xfe\xfd not utf-8", "invalid_utf8"),
+    (b"this is not json", "not_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'{"text": "no id here"}', "missing_field"),
+    (b'{"id": "m-1"}', "missing_field"),
+    (b'{"id": 12, "text": "id is a number"}', "wrong_type"),
+    (b'{"id": "m-2", "text": ["a", "list"]}', "wrong_type"),
+    (b'{"id": "m-3", "text": "   <b> </b>  "}', "empty_text"),
+    (b'{"id": "m-4", "text": "fine", "ts": "yesterday"}', "bad_timestamp"),
+    (b'{"id": "m-5", "text": "fine", "meta": "not an object"}', "wrong_type"),
+    (None, "empty_record"),
+]

@@ -1,0 +1,110 @@
+"""The command line: one-line errors, non-zero exits, config precedence, the embedded cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, documents
+from stream.config import ConfigError, load_config
+from stream.services import free_port
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "stream", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("topicstream: error:")
+    for w in words:
+        assert w in last
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('batch_size = 32\nthreshold = 0.5\nmodel = "file"\n')
+    cfg = load_config(path, env={"TOPICSTREAM_THRESHOLD": "0.6", "TOPICSTREAM_MODEL": "env"},
+                      overrides={"model": "flag"})
+    assert (cfg.batch_size, cfg.threshold, cfg.model) == (32, 0.6, "flag")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"batch_size": "0"}, "batch_size=0 should be >= 1"),
+    ({"batch_size": "many"}, "batch_size='many' should be of type int"),
+    ({"threshold": "1.5"}, "threshold=1.5 should be within [-1, 1]"),
+    ({"redis_url": "http://x"}, "redis_url='http://x' should start with"),
+    ({"device": "tpu"}, "device='tpu'"),
+])
+def test_config_errors_quote_the_bad_value(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_secret_from_file_is_never_in_the_redacted_config(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    cfg = load_config(env={"TOPICSTREAM_REDIS_PASSWORD_FILE": str(secret)},
+                      overrides={"redis_url": "redis://u:pw2@h:1/0"})
+    assert cfg.redis_password == "hunter2"
+    text = json.dumps(cfg.redacted())
+    assert "hunter2" not in text and "pw2" not in text
+
+
+def test_unreachable_redis_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    proc = cli("run", "--redis-url", f"redis://127.0.0.1:{port}/0", "--encoder", "hashing",
+               "--brokers", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(proc, "Redis", f"127.0.0.1:{port}")
+
+
+def test_unreachable_broker_is_one_line() -> None:
+    port = free_port()
+    proc = cli("run", "--encoder", "hashing", "--brokers", f"127.0.0.1:{port}", "--metrics-port", "0")
+    assert_one_line_error(proc, "Kafka", f"127.0.0.1:{port}")
+
+
+def test_bad_flag_value_is_one_line() -> None:
+    assert_one_line_error(cli("cluster", "x.jsonl", "--batch-size", "0"), "batch_size=0")
+    assert_one_line_error(cli("cluster", "/no/such/file.jsonl"), "no such file")
+    assert_one_line_error(cli("cluster", str(REPO / "pyproject.toml"), "--encoder", "bogus"), "encoder='bogus'")
+
+
+def test_cluster_file_embedded(tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    rows = documents(300)
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    out, dlq = tmp_path / "out.jsonl", tmp_path / "dlq.jsonl"
+    proc = cli("cluster", str(data), "--encoder", "hashing", "--out", str(out), "--dlq", str(dlq),
+               "--threshold", "0.15")
+    assert proc.returncode == 0, proc.stderr
+    assigned = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in assigned] == [r["id"] for r in rows]
+    assert [json.loads(line)["error"] for line in dlq.read_text().splitlines()] == ["not_json"]
+    assert "NMI" in proc.stdout and "docs/s" in proc.stdout
+
+
+def test_cluster_resumes_from_its_state_file(tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in documents(100)) + "\n")
+    state = tmp_path / "state.npz"
+    first = cli("cluster", str(data), "--encoder", "hashing", "--state-file", str(state), "--out", "/dev/null")
+    assert first.returncode == 0, first.stderr
+    with data.open("a") as fh:
+        fh.write("\n".join(json.dumps(r) for r in documents(150)[100:]) + "\n")
+    out = tmp_path / "out.jsonl"
+    second = cli("cluster", str(data), "--encoder", "hashing", "--state-file", str(state), "--out", str(out))
+    assert second.returncode == 0, second.stderr
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [f"doc-{i}" for i in range(100, 150)]
+    shown = cli("inspect", "--state-file", str(state), "--json")
+    assert json.loads(shown.stdout)["documents"] == 150
