@@ -147,3 +147,15 @@ def test_empty_state_restore() -> None:
     km.restore(ClusterState.empty(8))
     assert km.n_clusters == 0
     assert km.learn_predict(np.eye(8, dtype=np.float32)[:2]).cluster_ids.shape == (2,)
+
+
+def test_a_story_breaking_inside_a_batch_gathers_its_documents() -> None:
+    km = OnlineKMeans(threshold=0.5)
+    km.learn_predict(np.array([[1, 0, 0]], np.float32))
+    x1 = np.array([0.3, 1, 0], np.float32)  # cosine 0.29 to cluster 0: opens a cluster
+    x2 = np.array([0.6, 1, 0], np.float32)  # cosine 0.51 to cluster 0, 0.97 to x1's cluster
+    X = np.stack([x1, x2]) / np.linalg.norm(np.stack([x1, x2]), axis=1, keepdims=True)
+    r = km.learn_predict(X)
+    assert r.cluster_ids.tolist() == [1, 1]
+    assert r.is_new_cluster.tolist() == [True, False]
+    assert km.snapshot().counts.tolist() == [1, 2]

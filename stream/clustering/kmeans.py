@@ -156,6 +156,53 @@ class OnlineKMeans(Clusterer):
                 n_groups += 1
         return group
 
+    def _open_clusters(self, X: np.ndarray, rows: np.ndarray, best_sim: np.ndarray,
+                       novel: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Open clusters for the ``novel`` rows of ``X`` (no existing cluster took them).
+
+        The novel documents are grouped by the leader rule; then every document of the batch
+        moves to a new group when that group is more similar than its current cluster and
+        above ``threshold`` (one reassignment pass, so that a story that breaks inside a
+        batch gathers its documents even if some first passed an old cluster's threshold).
+        Groups left empty are not opened. Returns the rows, the outlier flags (novel
+        documents left without a cluster because ``max_clusters`` was reached) and the rows
+        of the opened clusters.
+        """
+        k = self._k
+        group = self._leaders(X[novel], self.max_clusters - k)
+        placed = group >= 0
+        labels = rows.copy()
+        outlier = np.zeros(len(X), bool)
+        outlier[novel[~placed]] = True
+        if not placed.any():
+            return labels, outlier, np.zeros(0, np.int64)
+        _, gsums, _ = sum_rows_by(group[placed], X[novel[placed]])
+        G = gsums / np.maximum(np.linalg.norm(gsums, axis=1, keepdims=True), 1e-12)
+        labels[novel[placed]] = k + group[placed]
+        S = X @ G.T
+        j = S.argmax(axis=1)
+        s = S[np.arange(len(X)), j]
+        current = np.where(labels >= k, -np.inf, best_sim)
+        move = (s >= self.threshold) & (s > current)
+        labels[move] = k + j[move]
+        outlier &= ~move
+        used = np.unique(labels[labels >= k])
+        compact = np.full(int(used.max()) + 1, -1, np.int64)
+        compact[used] = np.arange(k, k + used.size)
+        labels[labels >= k] = compact[labels[labels >= k]]
+        new_rows = np.arange(k, k + used.size)
+        ids = self._new_ids(used.size)
+        self._ids[new_rows] = ids
+        self._sums[new_rows] = 0.0
+        self._weights[new_rows] = 0.0
+        self._counts[new_rows] = 0
+        self._last_t[new_rows] = t
+        self._created_t[new_rows] = t
+        for i, c in zip(new_rows.tolist(), ids.tolist(), strict=True):
+            self._row[c] = i
+        self._k = k + used.size
+        return labels, outlier, new_rows
+
     def learn_predict(self, X: np.ndarray) -> BatchResult:
         X = check_batch(X, self.dim)
         n, d = X.shape
@@ -177,26 +224,13 @@ class OnlineKMeans(Clusterer):
         is_outlier = np.zeros(n, bool)
         new_ids = np.zeros(0, np.int64)
         if novel.size:
-            group = self._leaders(X[novel], self.max_clusters - k)
-            n_groups = int(group.max()) + 1 if (group >= 0).any() else 0
-            if n_groups:
-                new_ids = self._new_ids(n_groups)
-                new_rows = np.arange(k, k + n_groups)
-                self._ids[new_rows] = new_ids
-                self._sums[new_rows] = 0.0
-                self._weights[new_rows] = 0.0
-                self._counts[new_rows] = 0
-                self._last_t[new_rows] = t
-                self._created_t[new_rows] = t
-                for i, c in zip(new_rows.tolist(), new_ids.tolist(), strict=True):
-                    self._row[c] = i
-                self._k = k + n_groups
-                placed = group >= 0
-                rows[novel[placed]] = new_rows[group[placed]]
-                _, first = np.unique(group[placed], return_index=True)
-                is_new[novel[placed][first]] = True
-            overflow = novel[group < 0]
-            is_outlier[overflow] = True
+            rows, is_outlier, new_rows = self._open_clusters(X, rows, best_sim, novel, t)
+            if new_rows.size:
+                new_ids = self._ids[new_rows].copy()
+                # the founder of a new cluster: its first document in batch order
+                hit = np.flatnonzero(rows >= k)
+                _, first = np.unique(rows[hit], return_index=True)
+                is_new[hit[first]] = True
         # forgetful update of the touched clusters
         urows, dsums, dcounts = sum_rows_by(rows, X)
         f = decay_factor(t - self._last_t[urows], self.half_life)
