@@ -181,25 +181,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     built = build_worker(cfg, input_file=path, sink=sink)
     worker = built.worker
     progress = Progress(f"cluster {path.name}")
-    labels: list[str | None] = []
     preds: list[int] = []
-    original = worker.process
 
-    def process(records: Any) -> bool:
-        ok = original(records)
-        progress.update(worker.stats.docs + worker.stats.bad)
-        return ok
+    def on_assigned(docs: Any, result: Any) -> None:
+        preds.extend(result.cluster_ids.tolist())
+        progress.update(worker.stats.docs + len(docs))
 
-    worker.process = process  # type: ignore[method-assign]
-    original_send = sink.send
-
-    def send(kind: str, messages: Any) -> None:
-        if kind == "assignments":
-            for _, value in messages:
-                preds.append(json.loads(value)["cluster_id"])
-        original_send(kind, messages)
-
-    sink.send = send  # type: ignore[method-assign]
+    worker.on_assigned = on_assigned
     label_of = _labels(path, cfg.id_field, cfg.label_field)
     start = time.monotonic()
     try:
@@ -213,7 +201,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
           f"{stats.docs / max(seconds, 1e-9):,.0f} docs/s end to end, "
           f"{worker.clusterer.n_clusters} clusters; encoder {worker.encoder.name}", file=out)
     if label_of is not None and preds:
-        labels = label_of[: len(preds)]
+        labels: list[str | None] = label_of[: len(preds)]
         if all(v is not None for v in labels):
             q = quality(labels, preds)
             print(f"against labels: NMI {q.nmi:.3f}  ARI {q.ari:.3f}  homogeneity {q.homogeneity:.3f}  "

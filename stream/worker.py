@@ -90,6 +90,7 @@ class Worker:
         log_interval_s: float = 10.0,
         exit_when_idle: float | None = None,
         on_committed: Callable[[dict[TopicPartition, int]], None] | None = None,
+        on_assigned: Callable[[list[Document], BatchResult], None] | None = None,
     ) -> None:
         self.source = source
         self.encoder = encoder
@@ -104,6 +105,7 @@ class Worker:
         self.log_interval_s = log_interval_s
         self.exit_when_idle = exit_when_idle
         self.on_committed = on_committed
+        self.on_assigned = on_assigned  # called with each committed batch's documents and result
         self.stop_event = threading.Event()
         self.stats = WorkerStats()
         self.expected: dict[TopicPartition, int] = {}  # offsets as stored, per owned partition
@@ -193,6 +195,8 @@ class Worker:
         self.synced_version = committed.version
         if self.on_committed is not None:
             self.on_committed({mv.tp: mv.new for mv in moves})
+        if self.on_assigned is not None and result is not None:
+            self.on_assigned(docs, result)
         # metrics
         for stage, seconds in (("decode", t1 - t0), ("encode", t2 - t1), ("cluster", t3 - t2),
                                ("publish", t4 - t3), ("commit", t5 - t4)):

@@ -159,3 +159,13 @@ def test_a_story_breaking_inside_a_batch_gathers_its_documents() -> None:
     assert r.cluster_ids.tolist() == [1, 1]
     assert r.is_new_cluster.tolist() == [True, False]
     assert km.snapshot().counts.tolist() == [1, 2]
+
+
+def test_over_budget_documents_of_a_first_batch_join_the_nearest_new_cluster() -> None:
+    km = OnlineKMeans(threshold=0.99, max_clusters=2)
+    X = np.array([[1, 0, 0], [0, 1, 0], [0.2, 0.98, 0.05]], np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    r = km.learn_predict(X)
+    assert r.cluster_ids.tolist() == [0, 1, 1]
+    assert r.is_outlier.tolist() == [False, False, True]
+    assert km.snapshot().counts.tolist() == [1, 2]

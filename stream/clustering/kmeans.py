@@ -94,7 +94,6 @@ class OnlineKMeans(Clusterer):
         self._last_t[:k] = state.last_t
         self._created_t[:k] = state.created_t
         self._refresh_centroids(np.arange(k))
-        self._row = {int(c): i for i, c in enumerate(state.ids)}
         self.n_docs = int(state.n_docs)
         self.next_id = int(state.next_id)
         self.version = int(state.version)
@@ -139,20 +138,23 @@ class OnlineKMeans(Clusterer):
         group = np.full(m, -1, np.int64)
         if budget <= 0 or m == 0:
             return group
-        sums = np.zeros((min(m, budget), Xn.shape[1]), np.float32)
+        size = min(m, budget)
+        sums = np.zeros((size, Xn.shape[1]), np.float32)
+        norms = np.ones(size, np.float32)  # kept per group; only the touched one changes
         n_groups = 0
         for i in range(m):  # loops over novel documents only; vector work is one row op
             if n_groups:
-                sims = sums[:n_groups] @ Xn[i]
-                sims /= np.maximum(np.linalg.norm(sums[:n_groups], axis=1), 1e-12)
+                sims = (sums[:n_groups] @ Xn[i]) / norms[:n_groups]
                 j = int(sims.argmax())
                 if sims[j] >= self.threshold:
                     group[i] = j
                     sums[j] += Xn[i]
+                    norms[j] = max(float(np.linalg.norm(sums[j])), 1e-12)
                     continue
             if n_groups < budget:
                 group[i] = n_groups
                 sums[n_groups] = Xn[i]
+                norms[n_groups] = max(float(np.linalg.norm(Xn[i])), 1e-12)
                 n_groups += 1
         return group
 
@@ -184,7 +186,9 @@ class OnlineKMeans(Clusterer):
         s = S[np.arange(len(X)), j]
         current = np.where(labels >= k, -np.inf, best_sim)
         move = (s >= self.threshold) & (s > current)
-        labels[move] = k + j[move]
+        # no old cluster to fall back on: over-budget documents join the nearest new one
+        forced = outlier & ~move if k == 0 else np.zeros(len(X), bool)
+        labels[move | forced] = k + j[move | forced]
         outlier &= ~move
         used = np.unique(labels[labels >= k])
         compact = np.full(int(used.max()) + 1, -1, np.int64)
@@ -198,8 +202,6 @@ class OnlineKMeans(Clusterer):
         self._counts[new_rows] = 0
         self._last_t[new_rows] = t
         self._created_t[new_rows] = t
-        for i, c in zip(new_rows.tolist(), ids.tolist(), strict=True):
-            self._row[c] = i
         self._k = k + used.size
         return labels, outlier, new_rows
 
