@@ -12,10 +12,23 @@ document count, replays and backfills decay exactly as live traffic does.
 
 The delta
 ---------
-A :class:`Delta` is what one batch added: per touched cluster, the vector sum, weight and
-document count of its documents, plus the batch size. :func:`apply_delta` is the one
-definition of how a delta changes a state; the Redis store's Lua script implements the same
-arithmetic, and a test holds the two together.
+A :class:`Delta` is what one batch changed: per touched cluster, the vector sum, weight and
+document count of its documents and the cluster's label afterwards, plus the batch size;
+then the merges (``src`` folded into ``dst``) and the removals (faded or pruned clusters)
+that maintenance decided. :func:`apply_delta` is the one definition of how a delta changes a
+state; the Redis store's Lua script implements the same arithmetic, and a test holds the two
+together. Merges and removals name clusters by id, not by value: the store folds whatever it
+holds for ``src`` at commit time, so a merge decided on a slightly stale replica still
+neither loses nor double-counts weight.
+
+Rows and labels
+---------------
+A row of the state is a cluster of the clusterer's own (a centroid for k-means, a
+micro-cluster for DenStream). Its ``label`` is the public cluster id that documents placed
+in it receive. For k-means the two are the same; DenStream groups micro-clusters into
+clusters and several rows share a label. A label never changes meaning except through a
+merge, which the clusterer reports (:attr:`BatchResult.merged`) so that the worker can
+announce it as a ``clusters_merged`` event.
 """
 
 from __future__ import annotations
@@ -51,9 +64,20 @@ class ClusterState:
     counts: np.ndarray  # (k,) int64, documents ever assigned (not decayed)
     last_t: np.ndarray  # (k,) float64, stream time of the last update
     created_t: np.ndarray  # (k,) float64, stream time of creation
+    labels: np.ndarray | None = None  # (k,) int64, public cluster id of each row; None: ids
     n_docs: int = 0  # documents learnt: the stream clock
     next_id: int = 0  # next cluster id, for stores without a shared counter
     version: int = 0  # commits applied
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            self.labels = self.ids.copy()
+
+    @property
+    def row_labels(self) -> np.ndarray:
+        """``labels`` as a definite array (the dataclass field is never None after init)."""
+        assert self.labels is not None
+        return self.labels
 
     @classmethod
     def empty(cls, dim: int) -> ClusterState:
@@ -65,6 +89,7 @@ class ClusterState:
             counts=np.zeros(0, np.int64),
             last_t=np.zeros(0, np.float64),
             created_t=np.zeros(0, np.float64),
+            labels=np.zeros(0, np.int64),
         )
 
     def __len__(self) -> int:
@@ -78,13 +103,14 @@ class ClusterState:
         order = np.argsort(self.ids, kind="stable")
         return ClusterState(
             self.dim, self.ids[order], self.sums[order], self.weights[order], self.counts[order],
-            self.last_t[order], self.created_t[order], self.n_docs, self.next_id, self.version,
+            self.last_t[order], self.created_t[order], self.row_labels[order], self.n_docs,
+            self.next_id, self.version,
         )
 
 
 @dataclass
 class Delta:
-    """What one batch adds to the state (see the module docstring)."""
+    """What one batch changes in the state (see the module docstring)."""
 
     n_docs: int
     ids: np.ndarray  # (m,) int64, touched clusters, unique
@@ -92,6 +118,18 @@ class Delta:
     weights: np.ndarray  # (m,) float64
     counts: np.ndarray  # (m,) int64
     new_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    labels: np.ndarray | None = None  # (m,) int64, label of each touched row after; None: ids
+    merges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (src, dst)
+    removed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            self.labels = self.ids.copy()
+
+    @property
+    def row_labels(self) -> np.ndarray:
+        assert self.labels is not None
+        return self.labels
 
     @classmethod
     def empty(cls, dim: int) -> Delta:
@@ -102,15 +140,23 @@ class Delta:
 def apply_delta(state: ClusterState, delta: Delta, half_life: float | None) -> ClusterState:
     """Return ``state`` with ``delta`` applied at ``t = state.n_docs + delta.n_docs``.
 
-    A cluster already present is decayed to ``t`` and the delta added; a cluster not present
-    is created with the delta's values at ``t``. ``next_id`` moves past every id seen.
+    In this order:
+
+    1. Touched rows: a row already present is decayed to ``t`` and the delta added; a row
+       not present is created with the delta's values at ``t``. Each takes its delta label.
+    2. Merges, in order: ``dst`` absorbs ``src`` (both decayed to ``t``; counts add; the
+       earlier creation time stays), ``src`` is removed, and rows labelled ``src`` take
+       ``dst``'s label. A merge naming a missing row does nothing.
+    3. Removals: the rows named are dropped.
+
+    ``next_id`` moves past every id seen.
     """
     t = float(state.n_docs + delta.n_docs)
     pos = {int(c): i for i, c in enumerate(state.ids)}
     rows = np.fromiter((pos.get(int(c), -1) for c in delta.ids), np.int64, len(delta.ids))
     old = rows >= 0
     sums, weights = state.sums.copy(), state.weights.copy()
-    counts, last_t = state.counts.copy(), state.last_t.copy()
+    counts, last_t, labels = state.counts.copy(), state.last_t.copy(), state.row_labels.copy()
     if old.any():
         r = rows[old]
         top = np.maximum(last_t[r], t)
@@ -120,10 +166,11 @@ def apply_delta(state: ClusterState, delta: Delta, half_life: float | None) -> C
         weights[r] = weights[r] * f_old + delta.weights[old] * f_new
         counts[r] += delta.counts[old]
         last_t[r] = top
+        labels[r] = delta.row_labels[old]
     fresh = ~old
     n_new = int(fresh.sum())
     next_id = max([state.next_id] + [int(c) + 1 for c in delta.ids])
-    return ClusterState(
+    out = ClusterState(
         dim=state.dim,
         ids=np.concatenate([state.ids, delta.ids[fresh]]),
         sums=np.concatenate([sums, delta.sums[fresh].astype(np.float32)]),
@@ -131,9 +178,43 @@ def apply_delta(state: ClusterState, delta: Delta, half_life: float | None) -> C
         counts=np.concatenate([counts, delta.counts[fresh]]),
         last_t=np.concatenate([last_t, np.full(n_new, t)]),
         created_t=np.concatenate([state.created_t, np.full(n_new, t)]),
+        labels=np.concatenate([labels, delta.row_labels[fresh]]).astype(np.int64),
         n_docs=state.n_docs + delta.n_docs,
         next_id=next_id,
         version=state.version + 1,
+    )
+    if len(delta.merges) or len(delta.removed):
+        out = _merge_and_remove(out, delta.merges, delta.removed, t, half_life)
+    return out
+
+
+def _merge_and_remove(state: ClusterState, merges: np.ndarray, removed: np.ndarray, t: float,
+                      half_life: float | None) -> ClusterState:
+    """Steps 2 and 3 of :func:`apply_delta` (a loop over merges, never over documents)."""
+    keep = np.ones(len(state), bool)
+    pos = {int(c): i for i, c in enumerate(state.ids)}
+    labels = state.row_labels
+    for src, dst in np.asarray(merges, np.int64).reshape(-1, 2).tolist():
+        i, j = pos.get(src, -1), pos.get(dst, -1)
+        if i < 0 or j < 0 or i == j or not keep[i] or not keep[j]:
+            continue
+        fi = decay_factor(t - state.last_t[i], half_life)
+        fj = decay_factor(t - state.last_t[j], half_life)
+        state.sums[j] = (state.sums[j] * fj + state.sums[i] * fi).astype(np.float32)
+        state.weights[j] = state.weights[j] * fj + state.weights[i] * fi
+        state.counts[j] += state.counts[i]
+        state.last_t[j] = t
+        state.created_t[j] = min(state.created_t[j], state.created_t[i])
+        labels[labels == src] = labels[j]
+        keep[i] = False
+    for c in np.asarray(removed, np.int64).tolist():
+        i = pos.get(int(c), -1)
+        if i >= 0:
+            keep[i] = False
+    return ClusterState(
+        state.dim, state.ids[keep], state.sums[keep], state.weights[keep], state.counts[keep],
+        state.last_t[keep], state.created_t[keep], labels[keep], state.n_docs, state.next_id,
+        state.version,
     )
 
 
@@ -146,6 +227,10 @@ class BatchResult:
     is_new_cluster: np.ndarray  # (n,) bool, this document opened its cluster
     is_outlier: np.ndarray  # (n,) bool
     delta: Delta
+    # public cluster ids that this batch's maintenance retired: (src, dst) pairs, src now
+    # means dst (announced as clusters_merged), and ids whose last row faded (cluster_faded)
+    merged: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    faded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class Clusterer(ABC):

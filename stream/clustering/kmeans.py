@@ -108,6 +108,7 @@ class OnlineKMeans(Clusterer):
             counts=self._counts[:k].copy(),
             last_t=self._last_t[:k].copy(),
             created_t=self._created_t[:k].copy(),
+            labels=self._ids[:k].copy(),
             n_docs=self.n_docs,
             next_id=self.next_id,
             version=self.version,

@@ -16,13 +16,13 @@ from stream.state import NO_OFFSET, CommitRejected, CommitResult, OffsetMove, of
 
 log = logging.getLogger(__name__)
 
-_ARRAYS = ("ids", "sums", "weights", "counts", "last_t", "created_t")
+_ARRAYS = ("ids", "sums", "weights", "counts", "last_t", "created_t", "labels")
 
 
 def save_snapshot(path: Path, state: ClusterState, offsets: dict[str, int]) -> None:
     """Write ``state`` and ``offsets`` to an ``.npz`` file atomically (write, then rename)."""
     meta = {"dim": state.dim, "n_docs": state.n_docs, "next_id": state.next_id,
-            "version": state.version, "offsets": offsets, "format": 1}
+            "version": state.version, "offsets": offsets, "format": 2}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
@@ -34,7 +34,7 @@ def load_snapshot(path: Path) -> tuple[ClusterState, dict[str, int]]:
     """Read a snapshot; never unpickles (``allow_pickle=False``)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes().decode())
-        arrays = {k: z[k] for k in _ARRAYS}
+        arrays = {k: z[k] for k in _ARRAYS if k in z.files}  # format 1 had no labels
     state = ClusterState(dim=int(meta["dim"]), n_docs=int(meta["n_docs"]),
                          next_id=int(meta["next_id"]), version=int(meta["version"]), **arrays)
     return state, {str(k): int(v) for k, v in meta["offsets"].items()}

@@ -18,13 +18,13 @@ from stream.state import CommitRejected, CommitResult, OffsetMove, StoreUnavaila
 
 log = logging.getLogger(__name__)
 
-HEADER = 32  # '<dddd': weight, count, last_t, created_t
+HEADER = 40  # '<ddddd': weight, count, last_t, created_t, label
 
 
 def record_dtype(dim: int) -> np.dtype:
     """Layout of one cluster record in Redis (and of one delta row sent to the script)."""
     return np.dtype([("weight", "<f8"), ("count", "<f8"), ("last_t", "<f8"),
-                     ("created_t", "<f8"), ("sum", "<f4", (dim,))])
+                     ("created_t", "<f8"), ("label", "<f8"), ("sum", "<f4", (dim,))])
 
 
 def model_keys(model: str) -> dict[str, str]:
@@ -84,6 +84,7 @@ class RedisStore:
             dim=dim, ids=ids, sums=recs["sum"].astype(np.float32),
             weights=recs["weight"].astype(np.float64), counts=recs["count"].astype(np.int64),
             last_t=recs["last_t"].astype(np.float64), created_t=recs["created_t"].astype(np.float64),
+            labels=recs["label"].astype(np.int64),
             n_docs=int(meta.get(b"n_docs", 0)), next_id=int(next_id or 0),
             version=int(meta.get(b"version", 0)),
         )
@@ -107,6 +108,7 @@ class RedisStore:
         recs = np.zeros(len(delta.ids), dtype=record_dtype(dim))
         recs["weight"] = delta.weights
         recs["count"] = delta.counts
+        recs["label"] = delta.row_labels
         recs["sum"] = delta.sums
         args: list[Any] = [delta.n_docs, "" if self.half_life is None else repr(self.half_life),
                            dim, len(moves)]
@@ -115,6 +117,10 @@ class RedisStore:
         args.append(len(delta.ids))
         args += [str(int(c)) for c in delta.ids]
         args.append(recs.tobytes())
+        args.append(len(delta.merges))
+        args += [str(int(c)) for c in np.asarray(delta.merges).reshape(-1)]
+        args.append(len(delta.removed))
+        args += [str(int(c)) for c in delta.removed]
         keys = [self.keys["meta"], self.keys["offsets"], self.keys["clusters"]]
         try:
             out = self._commit(keys=keys, args=args)
