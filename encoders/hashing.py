@@ -29,6 +29,9 @@ class HashingEncoder:
         Buckets for document-frequency counting (a power of two).
     bigrams
         Also hash adjacent word pairs.
+    idf
+        Weight terms by the online IDF; without it the encoding of a text never changes,
+        whatever was seen before (the same on every worker).
 
     Notes
     -----
@@ -46,7 +49,8 @@ class HashingEncoder:
     True
     """
 
-    def __init__(self, dim: int = 1024, n_features: int = 1 << 20, bigrams: bool = True) -> None:
+    def __init__(self, dim: int = 1024, n_features: int = 1 << 20, bigrams: bool = True,
+                 idf: bool = True) -> None:
         if dim < 2:
             raise ValueError(f"dim={dim} should be >= 2")
         if n_features < 2 or n_features & (n_features - 1):
@@ -54,7 +58,8 @@ class HashingEncoder:
         self.dim = dim
         self.n_features = n_features
         self.bigrams = bigrams
-        self.name = f"hashing-{dim}"
+        self.idf = idf
+        self.name = f"hashing-{dim}" if idf else f"hashing-tf-{dim}"
         self.default_threshold = 0.15  # cosine to join a cluster, chosen on news.jsonl
         self.df = np.zeros(n_features, dtype=np.float64)
         self.n_docs = 0
@@ -84,11 +89,11 @@ class HashingEncoder:
             pair = doc * self.n_features + feature
             uniq, tf = np.unique(pair, return_counts=True)
             udoc, ufeat = uniq // self.n_features, uniq % self.n_features
-            # online IDF: this batch counts as seen
-            np.add.at(self.df, ufeat, 1.0)
-            self.n_docs += n
-            idf = np.log((1.0 + self.n_docs) / (1.0 + self.df[ufeat])) + 1.0
-            weight = (1.0 + np.log(tf)) * idf
+            weight = 1.0 + np.log(tf)
+            if self.idf:  # online IDF: this batch counts as seen
+                np.add.at(self.df, ufeat, 1.0)
+                self.n_docs += n
+                weight = weight * (np.log((1.0 + self.n_docs) / (1.0 + self.df[ufeat])) + 1.0)
             # independent bits of the feature pick the output slot and the sign
             mixed = (ufeat.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
             slot = (mixed % np.uint64(self.dim)).astype(np.int64)

@@ -12,7 +12,7 @@ from typing import Any
 from encoders import Encoder, load_encoder
 from stream.batcher import FieldNames, InputRules
 from stream.clustering import Clusterer, OnlineKMeans
-from stream.config import Config
+from stream.config import Config, ConfigError
 from stream.metrics import Metrics
 from stream.state import StateStore, StoreUnavailable
 
@@ -28,11 +28,42 @@ def input_rules(cfg: Config) -> InputRules:
     return InputRules(fields, cfg.max_chars, cfg.max_record_bytes)
 
 
+def clusterer_params(cfg: Config) -> dict[str, Any]:
+    """``clusterer_params`` (``NAME=VALUE,...``) as typed constructor arguments."""
+    from stream.clustering.params import parse_params
+
+    items = [item.strip() for item in cfg.clusterer_params.split(",") if item.strip()]
+    try:
+        return parse_params(items)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def build_clusterer(cfg: Config, encoder: Encoder) -> Clusterer:
-    """The clusterer of ``cfg``; its similarity threshold defaults to the encoder's own
-    (cosine similarities of a hashing encoder run far lower than a transformer's)."""
+    """The clusterer of ``cfg``. Similarity thresholds default to the encoder's own (cosine
+    similarities of a hashing encoder run far lower than a transformer's);
+    ``clusterer_params`` override any constructor argument."""
+    params = clusterer_params(cfg)
     threshold = cfg.threshold if cfg.threshold is not None else getattr(encoder, "default_threshold", 0.4)
-    return OnlineKMeans(threshold=threshold, max_clusters=cfg.max_clusters, half_life=cfg.half_life)
+    try:
+        if cfg.clusterer == "kmeans":
+            merge = cfg.merge_threshold if cfg.merge_threshold is not None else \
+                getattr(encoder, "default_merge_threshold", None)
+            kwargs: dict[str, Any] = dict(
+                threshold=threshold, max_clusters=cfg.max_clusters, half_life=cfg.half_life,
+                merge_threshold=merge, min_weight=cfg.min_weight,
+                maintain_every=cfg.maintain_every, k=cfg.k)
+            return OnlineKMeans(**{**kwargs, **params})
+        if cfg.clusterer == "denstream":
+            from stream.clustering.denstream import DenStream
+
+            return DenStream(**{"half_life": cfg.half_life, **params})
+        from stream.clustering.river_backend import RiverClusterer
+
+        key = cfg.state_key.encode() if cfg.state_key else None
+        return RiverClusterer(cfg.clusterer.partition(":")[2], params, key=key)
+    except TypeError as exc:
+        raise ConfigError(f"clusterer {cfg.clusterer!r}: {exc}") from exc
 
 
 def build_encoder(cfg: Config) -> Encoder:

@@ -35,12 +35,17 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
     for f in dataclasses.fields(Config):
         if only is not None and f.name not in only:
             continue
+        if f.name == "clusterer_params":  # repeatable: --clusterer-param eps=0.3 --clusterer-param mu=4
+            group.add_argument("--clusterer-param", dest="cfg_clusterer_params", action="append",
+                               metavar="NAME=VALUE", help="a clusterer constructor argument")
+            continue
         group.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None,
                            metavar=f.name.upper(), help=f"default: {f.default!r}")
 
 
 def _config(args: argparse.Namespace, **forced: Any) -> Config:
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    overrides = {k[4:]: ",".join(v) if isinstance(v, list) else v
+                 for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     overrides.update({k: v for k, v in forced.items() if k not in overrides})
     return load_config(args.config, overrides=overrides)
 

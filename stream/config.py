@@ -3,8 +3,8 @@ variables, then command-line flags; validated once at start.
 
 Every field of :class:`Config` is settable in each of the three ways: ``batch_size`` is
 ``batch_size = 128`` in a file, ``TOPICSTREAM_BATCH_SIZE=128`` in the environment and
-``--batch-size 128`` on the command line. Secrets (``redis_password``, ``kafka_sasl_password``)
-can also be read from a file named by ``..._file``; they are never logged.
+``--batch-size 128`` on the command line. Secrets (``redis_password``, ``kafka_sasl_password``,
+``state_key``) can also be read from a file named by ``..._file``; they are never logged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 ENV_PREFIX = "TOPICSTREAM_"
-SECRET_FIELDS = ("redis_password", "kafka_sasl_password")
+SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "state_key")
 
 
 class ConfigError(ValueError):
@@ -59,13 +59,19 @@ class Config:
     # pipeline
     batch_size: int = 256
     max_wait_ms: int = 500
-    encoder: str = "transformer"
+    encoder: str = "hybrid"
     device: str = "auto"
     encode_batch_size: int = 128
-    clusterer: str = "kmeans"
+    clusterer: str = "kmeans"  # kmeans | denstream | river:NAME (e.g. river:DBSTREAM)
+    clusterer_params: str = ""  # NAME=VALUE,... passed to the clusterer's constructor
     threshold: float | None = None  # None: the encoder's default_threshold
+    merge_threshold: float | None = None  # None: the encoder's default_merge_threshold
     max_clusters: int = 1000
-    half_life: float | None = None
+    k: int | None = None  # fixed number of clusters (Spark's streaming k-means); None: threshold
+    half_life: float | None = 5000.0  # in documents; None: no decay, nothing fades
+    min_weight: float = 0.05  # decayed weight below which a cluster fades
+    maintain_every: int = 1000  # documents between maintenance passes (merge, fade)
+    state_key: str | None = None  # HMAC key that signs a river model's pickled state
     # operations
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0: no HTTP server
@@ -87,9 +93,16 @@ class Config:
             (self.session_timeout_ms >= 1000, f"session_timeout_ms={self.session_timeout_ms} should be >= 1000"),
             (self.auto_offset_reset in ("earliest", "latest"),
              f"auto_offset_reset={self.auto_offset_reset!r} should be 'earliest' or 'latest'"),
-            (self.clusterer in ("kmeans",), f"clusterer={self.clusterer!r} should be 'kmeans'"),
-            (self.encoder.split(":")[0] in ("hashing", "transformer"),
-             f"encoder={self.encoder!r} should be 'hashing[:DIM]' or 'transformer[:PATH]'"),
+            (self.clusterer in ("kmeans", "denstream") or self.clusterer.startswith("river:"),
+             f"clusterer={self.clusterer!r} should be 'kmeans', 'denstream' or 'river:NAME'"),
+            (self.merge_threshold is None or -1.0 <= self.merge_threshold <= 1.0,
+             f"merge_threshold={self.merge_threshold} should be within [-1, 1]"),
+            (self.k is None or self.k >= 1, f"k={self.k} should be >= 1"),
+            (self.min_weight >= 0, f"min_weight={self.min_weight} should be >= 0"),
+            (self.maintain_every >= 1, f"maintain_every={self.maintain_every} should be >= 1"),
+            (self.encoder.split(":")[0] in ("hybrid", "hashing", "transformer"),
+             f"encoder={self.encoder!r} should be 'hybrid[:PATH]', 'transformer[:PATH]' or "
+             "'hashing[:DIM]'"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device={self.device!r} should be 'auto', 'cpu' or 'cuda[:N]'"),
             (bool(self.model) and "{" not in self.model and "}" not in self.model,

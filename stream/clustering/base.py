@@ -278,9 +278,21 @@ def check_batch(X: np.ndarray, dim: int | None) -> np.ndarray:
 
 
 def sum_rows_by(labels: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum the rows of ``X`` per label: (unique labels, sums, counts), without a Python loop."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    uniq, starts, counts = np.unique(sorted_labels, return_index=True, return_counts=True)
-    sums = np.add.reduceat(X[order], starts, axis=0) if len(X) else np.zeros((0, X.shape[1]), X.dtype)
+    """Sum the rows of ``X`` per label: (unique labels, sums, counts), without a Python loop.
+
+    A micro-batch is summed as one matrix product with its 0/1 membership matrix (BLAS),
+    several times faster than ``np.add.reduceat`` over the sorted rows; very large inputs,
+    where that matrix would be big, fall back to the latter.
+    """
+    n = len(labels)
+    uniq, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if n == 0:
+        return uniq, np.zeros((0, X.shape[1]), np.float32), counts
+    if uniq.size * n <= 1 << 22:
+        M = np.zeros((uniq.size, n), np.float32)
+        M[inv, np.arange(n)] = 1.0
+        return uniq, M @ X.astype(np.float32, copy=False), counts
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sums = np.add.reduceat(X[order], starts, axis=0)
     return uniq, sums.astype(np.float32, copy=False), counts

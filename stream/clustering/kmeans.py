@@ -28,14 +28,41 @@ class OnlineKMeans(Clusterer):
     forgetful rule (Shindler et al.; Spark MLlib ``StreamingKMeans``) with a half-life
     counted in documents (see :mod:`stream.clustering.base`).
 
+    Maintenance runs every ``maintain_every`` documents, before the batch that crosses the
+    mark, and reports what it did in the batch's delta and result:
+
+    - **merging** near-duplicate clusters: two clusters whose documents have a mean
+      pairwise similarity (average linkage) of at least ``merge_threshold`` are folded into
+      the older one, most similar pair first. The younger id is retired and announced as
+      merged into the older (``clusters_merged``): ids never change meaning otherwise.
+    - **fading**: a cluster whose decayed weight fell below ``min_weight`` is removed
+      (``cluster_faded``); this needs a ``half_life``.
+
+    Two ways to bound the model:
+
+    - threshold creation (``k=None``, the default): a cluster opens whenever a document is
+      further than ``threshold`` from every centroid, up to ``max_clusters``.
+    - fixed ``k`` (Spark's streaming k-means): at most ``k`` clusters; once they exist every
+      document joins its nearest one (those below ``threshold`` are flagged as outliers).
+      Clusters that die (fade below ``min_weight``) free their slot, and the next outliers
+      re-seed it as a new cluster with a new id, as Spark replaces dying clusters.
+
     Parameters
     ----------
     threshold
         Cosine similarity needed to join an existing cluster.
     max_clusters
-        Upper bound on live clusters.
+        Upper bound on live clusters (threshold creation).
     half_life
         Half-life of a cluster's weight, in documents; None for no decay.
+    merge_threshold
+        Average-linkage similarity at which two clusters merge; None disables merging.
+    min_weight
+        Decayed weight below which a cluster fades away (only with a ``half_life``).
+    maintain_every
+        Documents between maintenance passes.
+    k
+        Fixed number of clusters; None for threshold creation.
 
     Examples
     --------
@@ -55,6 +82,10 @@ class OnlineKMeans(Clusterer):
         threshold: float = 0.4,
         max_clusters: int = 1000,
         half_life: float | None = None,
+        merge_threshold: float | None = None,
+        min_weight: float = 0.05,
+        maintain_every: int = 1000,
+        k: int | None = None,
         dim: int | None = None,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
@@ -63,9 +94,22 @@ class OnlineKMeans(Clusterer):
             raise ValueError(f"max_clusters={max_clusters} should be >= 1")
         if half_life is not None and half_life <= 0:
             raise ValueError(f"half_life={half_life} should be > 0 (or None for no decay)")
+        if merge_threshold is not None and not -1.0 <= merge_threshold <= 1.0:
+            raise ValueError(f"merge_threshold={merge_threshold} should be within [-1, 1] (or None)")
+        if min_weight < 0:
+            raise ValueError(f"min_weight={min_weight} should be >= 0")
+        if maintain_every < 1:
+            raise ValueError(f"maintain_every={maintain_every} should be >= 1")
+        if k is not None and k < 1:
+            raise ValueError(f"k={k} should be >= 1 (or None for threshold creation)")
         self.threshold = float(threshold)
-        self.max_clusters = int(max_clusters)
+        self.max_clusters = int(k if k is not None else max_clusters)
         self.half_life = half_life
+        self.merge_threshold = merge_threshold
+        self.min_weight = float(min_weight)
+        self.maintain_every = int(maintain_every)
+        self.k = k
+        self._last_maintained = 0
         self._allocate: IdAllocator | None = None
         self.dim = dim
         self.restore(ClusterState.empty(dim or 0))
@@ -97,6 +141,7 @@ class OnlineKMeans(Clusterer):
         self.n_docs = int(state.n_docs)
         self.next_id = int(state.next_id)
         self.version = int(state.version)
+        self._last_maintained = self.n_docs - self.n_docs % self.maintain_every
 
     def snapshot(self) -> ClusterState:
         k = self._k
@@ -130,6 +175,78 @@ class OnlineKMeans(Clusterer):
             ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id = max(self.next_id, int(ids.max()) + 1) if n else self.next_id
         return ids
+
+    # -- maintenance -----------------------------------------------------------------------
+    def _merge_pairs(self) -> np.ndarray:
+        """Row pairs (src, dst) to merge, by average linkage: the mean similarity between the
+        documents of two clusters, ``sum_a . sum_b / (w_a w_b)``, read off the decayed sums
+        (decay scales a sum and its weight alike, so it cancels). Unlike the centroid cosine
+        it does not let two loose clusters of related stories merge. Pairs at or above
+        ``merge_threshold`` are taken most similar first; the younger cluster (later
+        created, then larger id) folds into the older, and a cluster that folds away
+        receives nothing in the same pass."""
+        k = self._k
+        if self.merge_threshold is None or k < 2:
+            return np.zeros((0, 2), np.int64)
+        P = self._sums[:k] / np.maximum(self._weights[:k], 1e-12)[:, None].astype(np.float32)
+        sim = P @ P.T
+        a, b = np.nonzero(np.triu(sim >= self.merge_threshold, 1))
+        if a.size == 0:
+            return np.zeros((0, 2), np.int64)
+        order = np.argsort(-sim[a, b], kind="stable")
+        a, b = a[order], b[order]
+        a_older = (self._created_t[a] < self._created_t[b]) | (
+            (self._created_t[a] == self._created_t[b]) & (self._ids[a] < self._ids[b]))
+        src, dst = np.where(a_older, b, a), np.where(a_older, a, b)
+        gone = np.zeros(k, bool)
+        took = np.zeros(k, bool)
+        pairs = []
+        for i, j in zip(src.tolist(), dst.tolist(), strict=True):  # candidate pairs only
+            if gone[i] or gone[j] or took[i]:
+                continue
+            gone[i] = took[j] = True
+            pairs.append((i, j))
+        return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+    def _maintain(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """One maintenance pass at stream time ``t``: merge, then fade. Returns the merges as
+        id pairs (src, dst) and the ids removed by fading."""
+        k = self._k
+        pairs = self._merge_pairs()
+        keep = np.ones(k, bool)
+        if pairs.size:
+            src, dst = pairs[:, 0], pairs[:, 1]
+            udst = np.unique(dst)
+            fd = decay_factor(t - self._last_t[udst], self.half_life)
+            self._sums[udst] *= fd[:, None].astype(np.float32)
+            self._weights[udst] *= fd
+            self._last_t[udst] = t
+            fs = decay_factor(t - self._last_t[src], self.half_life)
+            np.add.at(self._sums, dst, (self._sums[src] * fs[:, None]).astype(np.float32))
+            np.add.at(self._weights, dst, self._weights[src] * fs)
+            np.add.at(self._counts, dst, self._counts[src])
+            np.minimum.at(self._created_t, dst, self._created_t[src])
+            self._refresh_centroids(udst)
+            keep[src] = False
+        faded = np.zeros(k, bool)
+        if self.half_life is not None and self.min_weight > 0:
+            w = self._weights[:k] * decay_factor(t - self._last_t[:k], self.half_life)
+            faded = keep & (w < self.min_weight)
+            keep &= ~faded
+        merges = np.stack([self._ids[pairs[:, 0]], self._ids[pairs[:, 1]]], axis=1) if pairs.size \
+            else np.zeros((0, 2), np.int64)
+        removed = self._ids[:k][faded].copy()
+        if not keep.all():
+            self._compact(keep)
+        return merges, removed
+
+    def _compact(self, keep: np.ndarray) -> None:
+        rows = np.flatnonzero(keep)
+        n = rows.size
+        for arr in (self._ids, self._sums, self._centroids, self._weights, self._counts,
+                    self._last_t, self._created_t):
+            arr[:n] = arr[rows]
+        self._k = n
 
     # -- learning --------------------------------------------------------------------------
     def _leaders(self, Xn: np.ndarray, budget: int) -> np.ndarray:
@@ -212,8 +329,14 @@ class OnlineKMeans(Clusterer):
         if self.dim is None:
             self.dim = d
             self._alloc_arrays(d, self.max_clusters)
-        k = self._k
         t = float(self.n_docs + n)
+        merges, removed = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+        if self.n_docs + n >= self._last_maintained + self.maintain_every:
+            # at the batch's stream time, as apply_delta applies merges after the batch's sums
+            # (decay is multiplicative, so the order of the two gives the same numbers)
+            merges, removed = self._maintain(t)
+            self._last_maintained = (self.n_docs + n) - (self.n_docs + n) % self.maintain_every
+        k = self._k
         if k:
             S = X @ self._centroids[:k].T
             best = S.argmax(axis=1)
@@ -223,11 +346,14 @@ class OnlineKMeans(Clusterer):
             best_sim = np.full(n, -np.inf, np.float32)
         rows = best.astype(np.int64)
         novel = np.flatnonzero(best_sim < self.threshold)
+        if self.k is not None and k >= self.k:  # fixed k, all slots taken: outliers stay put
+            novel = novel[:0]
         is_new = np.zeros(n, bool)
-        is_outlier = np.zeros(n, bool)
+        is_outlier = best_sim < self.threshold if self.k is not None else np.zeros(n, bool)
         new_ids = np.zeros(0, np.int64)
         if novel.size:
-            rows, is_outlier, new_rows = self._open_clusters(X, rows, best_sim, novel, t)
+            rows, over, new_rows = self._open_clusters(X, rows, best_sim, novel, t)
+            is_outlier = over if self.k is None else (over | (is_outlier & (rows < k)))
             if new_rows.size:
                 new_ids = self._ids[new_rows].copy()
                 # the founder of a new cluster: its first document in batch order
@@ -252,6 +378,8 @@ class OnlineKMeans(Clusterer):
             weights=dcounts.astype(np.float64),
             counts=dcounts.astype(np.int64),
             new_ids=new_ids,
+            merges=merges,
+            removed=removed,
         )
         return BatchResult(self._ids[rows].copy(), similarity.astype(np.float32), is_new,
-                           is_outlier, delta)
+                           is_outlier, delta, merged=merges, faded=removed)
