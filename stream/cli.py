@@ -175,7 +175,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 # -- cluster -------------------------------------------------------------------------------
 def cmd_cluster(args: argparse.Namespace) -> int:
     from stream.app import build_worker
-    from stream.evaluate import quality
+    from stream.evaluate import follow_merges, quality
     from stream.sink import FileSink
 
     cfg = _config(args)
@@ -187,9 +187,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     worker = built.worker
     progress = Progress(f"cluster {path.name}")
     preds: list[int] = []
+    merges: list[tuple[int, int]] = []
 
     def on_assigned(docs: Any, result: Any) -> None:
         preds.extend(result.cluster_ids.tolist())
+        merges.extend(map(tuple, result.merged.tolist()))
         progress.update(worker.stats.docs + len(docs))
 
     worker.on_assigned = on_assigned
@@ -208,10 +210,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if label_of is not None and preds:
         labels: list[str | None] = label_of[: len(preds)]
         if all(v is not None for v in labels):
-            q = quality(labels, preds)
-            print(f"against labels: NMI {q.nmi:.3f}  ARI {q.ari:.3f}  homogeneity {q.homogeneity:.3f}  "
-                  f"completeness {q.completeness:.3f}  purity {q.purity:.3f}  "
-                  f"clusters {q.clusters} ({q.clusters_5plus} with 5+ documents)", file=out)
+            for how, ids in (("on arrival", preds), ("after announced merges", follow_merges(preds, merges))):
+                q = quality(labels, ids)
+                print(f"against labels, {how}: NMI {q.nmi:.3f}  ARI {q.ari:.3f}  "
+                      f"homogeneity {q.homogeneity:.3f}  completeness {q.completeness:.3f}  "
+                      f"purity {q.purity:.3f}  clusters {q.clusters} "
+                      f"({q.clusters_5plus} with 5+ documents)", file=out)
     return 0
 
 
@@ -230,6 +234,51 @@ def _labels(path: Path, id_field: str, label_field: str) -> list[str | None] | N
                 label = obj.get(label_field)
                 out.append(None if label is None else str(label))
     return out if any(v is not None for v in out) else None
+
+
+# -- bench ---------------------------------------------------------------------------------
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from stream import bench
+    from stream.app import build_clusterer, build_encoder
+
+    cfg = _config(args)
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    data = bench.read_dataset(path, cfg.text_field, cfg.label_field, args.limit or None)
+    names = [c.strip() for c in (args.clusterers or "kmeans,denstream").split(",") if c.strip()]
+    clusterers: dict[str, Any] = {}
+    encoder = build_encoder(cfg)
+    for name in names:
+        clusterers[name] = build_clusterer(dc.replace(cfg, clusterer=name).validate(), encoder)
+    n = len(data.texts)
+    print(f"encoding {n} documents of {path.name} with {encoder.name} ...", file=sys.stderr)
+    X, enc_seconds = bench.encode_stream(encoder.encode, data.texts, cfg.batch_size)
+    rows: list[bench.Row] = []
+    for name, clusterer in clusterers.items():
+        print(f"clustering with {name} ...", file=sys.stderr)
+        rows += bench.ours(name, clusterer, X, data.labels, cfg.batch_size)
+    if not args.no_peers:
+        for estimator in ("DBSTREAM", "DenStream"):
+            print(f"peer: river {estimator} ...", file=sys.stderr)
+            rows.append(bench.river_peer(estimator, X, data.labels, cfg.batch_size, args.peer_limit))
+        print("peer: scikit-learn MiniBatchKMeans ...", file=sys.stderr)
+        rows.append(bench.minibatch_kmeans_peer(X, data.labels, cfg.batch_size))
+    rows += [bench.Row(**ref, note="figures from the issue, not run here")
+             for ref in bench.MSTREAM.get(data.name, [])]
+    title = (f"bench quality: {path.name}, {n} documents, {len(set(data.labels))} topics, "
+             f"batches of {cfg.batch_size}; encoder {encoder.name} ({n / enc_seconds:,.0f} docs/s, "
+             f"dim {X.shape[1]}); docs/s is the clustering step alone")
+    bench.print_table(rows, title, sys.stdout)
+    if args.json:
+        payload = json.dumps(bench.rows_as_json(rows), indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            Path(args.json).write_text(payload + "\n")
+    return 0
 
 
 # -- inspect -------------------------------------------------------------------------------
@@ -295,6 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dlq", help="write bad records as JSONL here")
     _add_config_flags(p)
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    q = bsub.add_parser("quality", help="clustering quality and speed on a labelled JSONL stream, "
+                        "against river, scikit-learn and MStream")
+    q.add_argument("--dataset", required=True, metavar="PATH", help="labelled JSONL, in stream order")
+    q.add_argument("--clusterers", metavar="A,B", help="ours to run (default: kmeans,denstream)")
+    q.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    q.add_argument("--peer-limit", type=int, default=3000,
+                   help="documents given to the river peers, which are slow (default 3000)")
+    q.add_argument("--no-peers", action="store_true", help="only topicstream's clusterers")
+    q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
+    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "batch_size", "threshold",
+                               "merge_threshold", "max_clusters", "k", "half_life", "min_weight",
+                               "maintain_every", "clusterer_params", "text_field", "label_field"))
+    q.set_defaults(func=cmd_bench_quality)
 
     p = sub.add_parser("inspect", help="show the clusters in a state store")
     p.add_argument("--top", type=int, default=20)

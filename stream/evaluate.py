@@ -59,3 +59,25 @@ def quality(labels: Sequence[Any], pred: Sequence[Any]) -> Quality:
     return Quality(nmi=float(nmi), ari=ari, homogeneity=float(homogeneity),
                    completeness=float(completeness), purity=float(c.max(0).sum() / n),
                    clusters=int(c.shape[1]), clusters_5plus=int((sizes >= 5).sum()))
+
+
+def follow_merges(pred: Sequence[int], merges: Sequence[tuple[int, int]]) -> list[int]:
+    """Cluster ids as a consumer of the events topic sees them at the end of the stream:
+    each id announced as merged (``clusters_merged``: ``src`` now means ``dst``) replaced by
+    the id it ended in, following chains.
+
+    >>> follow_merges([1, 2, 3, 4], [(2, 1), (4, 3), (3, 1)])
+    [1, 1, 1, 1]
+    """
+    into: dict[int, int] = {}
+    for src, dst in merges:
+        into[int(src)] = int(dst)
+
+    def final(c: int) -> int:
+        seen = 0
+        while c in into and seen <= len(into):  # a cycle cannot arise; the bound makes sure
+            c = into[c]
+            seen += 1
+        return c
+
+    return [final(int(c)) for c in pred]

@@ -36,6 +36,12 @@ class Metrics:
         self.clusters = Gauge("topicstream_active_clusters", "Clusters in the model.", registry=r)
         self.clusters_created = Counter("topicstream_clusters_created_total",
                                         "Clusters created.", registry=r)
+        self.clusters_merged = Counter("topicstream_clusters_merged_total",
+                                       "Clusters folded into an older one by maintenance.",
+                                       registry=r)
+        self.clusters_faded = Counter("topicstream_clusters_faded_total",
+                                      "Clusters removed because their decayed weight faded.",
+                                      registry=r)
         self.lag = Gauge("topicstream_consumer_lag_records",
                          "Records between the consumer position and the high-water mark.",
                          ["topic", "partition"], registry=r)

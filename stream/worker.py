@@ -6,7 +6,8 @@ Commit order, for every micro-batch
 2. **Decode** each record; bad ones become DLQ records (their offsets still advance).
 3. **Encode** the valid texts and **cluster** them on the local replica of the model,
    which yields the assignments and the batch *delta*.
-4. **Publish** assignments, ``cluster_created`` events and DLQ records, then **flush** the
+4. **Publish** assignments, topic events (``cluster_created``, and ``clusters_merged`` /
+   ``cluster_faded`` when the batch ran maintenance) and DLQ records, then **flush** the
    producer: nothing goes further until the broker acknowledged all of them.
 5. **Commit** to the state store, atomically: the delta and, for each partition in the
    batch, the move from the offset stored when the batch began to last offset + 1,
@@ -209,6 +210,8 @@ class Worker:
             m.dlq.labels(b.error).inc()
         if result is not None:
             m.clusters_created.inc(len(result.delta.new_ids))
+            m.clusters_merged.inc(len(result.merged))
+            m.clusters_faded.inc(len(result.faded))
         m.clusters.set(self.clusterer.n_clusters)
         m.model_version.set(committed.version)
         self.stats.batches += 1
@@ -234,11 +237,29 @@ class Worker:
                               keywords=[], exemplars=[docs[i].text], score=float(result.similarity[i]),
                               ts=docs[i].ts, founder_id=docs[i].id)
                 for i in founders.tolist()])
+            if len(result.merged) or len(result.faded):
+                self.sink.send("events", self._maintenance_events(result, max(d.ts for d in docs)))
         if bad:
             for b in bad:
                 log.info("bad record %s: %s (%s)", b.record.where(), b.error, b.detail[:120])
             self.sink.send("dlq", [dlq_message(b) for b in bad])
         self.sink.flush()
+
+    def _maintenance_events(self, result: BatchResult, ts: float) -> list[tuple[bytes, bytes]]:
+        """``clusters_merged`` (key: the surviving id; ``merged_from``: the retired one, which
+        now means the survivor) and ``cluster_faded`` events of one batch."""
+        state = self.clusterer.snapshot()
+        labels = state.row_labels
+        weights = state.weights_at(state.n_docs, self.clusterer.half_life)
+        out = []
+        for src, dst in result.merged.tolist():
+            size = float(weights[labels == dst].sum())
+            out.append(event_message("clusters_merged", cluster_id=dst, size=size, keywords=[],
+                                     exemplars=[], score=size, ts=ts, merged_from=[src]))
+        for cid in result.faded.tolist():
+            out.append(event_message("cluster_faded", cluster_id=cid, size=0.0, keywords=[],
+                                     exemplars=[], score=0.0, ts=ts))
+        return out
 
     def _wait_for_store(self) -> None:
         delay = 0.2

@@ -108,3 +108,36 @@ def test_cluster_resumes_from_its_state_file(tmp_path: Path) -> None:
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [f"doc-{i}" for i in range(100, 150)]
     shown = cli("inspect", "--state-file", str(state), "--json")
     assert json.loads(shown.stdout)["documents"] == 150
+
+
+def test_bench_quality_prints_the_table_and_writes_json_rows(tmp_path: Path) -> None:
+    corpus = REPO / "stream" / "demo_corpus.jsonl"
+    out = tmp_path / "rows.json"
+    proc = cli("bench", "quality", "--dataset", str(corpus), "--encoder", "hashing",
+               "--clusterers", "kmeans", "--no-peers", "--batch-size", "64", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "kmeans (arrival)" in proc.stdout and "NMI" in proc.stdout
+    rows = json.loads(out.read_text())
+    keys = {"method", "nmi", "ari", "homogeneity", "completeness", "purity", "clusters",
+            "clusters_5plus", "docs_per_s"}
+    assert [r["method"] for r in rows] == ["kmeans", "kmeans (arrival)"]
+    for r in rows:
+        assert keys <= set(r)
+        assert 0.0 < r["nmi"] <= 1.0 and r["docs_per_s"] > 0 and r["clusters"] >= 6
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(r["method"] + "  "))
+        assert f"{r['nmi']:.3f}" in line and f"{r['ari']:.3f}" in line  # table == JSON
+
+
+def test_bench_quality_refuses_an_unlabelled_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "nolabels.jsonl"
+    bad.write_text('{"id": "a", "text": "hello"}\n')
+    proc = cli("bench", "quality", "--dataset", str(bad), "--encoder", "hashing", "--no-peers")
+    assert_one_line_error(proc, "nolabels.jsonl:1", "label")
+    assert proc.returncode == 2
+
+
+def test_unknown_clusterer_param_is_a_one_line_error(tmp_path: Path) -> None:
+    corpus = REPO / "stream" / "demo_corpus.jsonl"
+    proc = cli("cluster", str(corpus), "--encoder", "hashing", "--clusterer-param", "nonsense=1",
+               "--out", str(tmp_path / "a.jsonl"))
+    assert_one_line_error(proc, "nonsense")

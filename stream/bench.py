@@ -1,0 +1,198 @@
+"""Benchmarks that print figures: ``topicstream bench quality``.
+
+``bench quality`` streams a labelled JSONL file in its order, in micro-batches, through the
+encoder once, then through each clusterer on the same embeddings, and scores the cluster
+ids against the labels. topicstream's clusterers are scored twice: on arrival (the id in
+the assignment message) and after announced merges (each id followed through the
+``clusters_merged`` events to the cluster it ended in, which is what a consumer of the
+events topic sees). Peers run on the same embeddings: river's DBSTREAM and DenStream through
+the river backend (on the first ``peer_limit`` documents when that is fewer than the
+stream, and the row says so), and scikit-learn's ``MiniBatchKMeans.partial_fit`` with the
+true number of topics (BERTopic's online recipe). The published and reference figures of
+MStream (Yin et al., KDD 2018) are printed beside them for the two news streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.clustering.base import Clusterer
+from stream.evaluate import follow_merges, quality
+
+log = logging.getLogger(__name__)
+
+# MStream (Yin et al., KDD 2018), scored on the whole stream with assignment on arrival.
+# "published": the paper's NMI; "reference code": its code run on this kind of machine.
+MSTREAM: dict[str, list[dict[str, Any]]] = {
+    "news": [
+        {"method": "MStream (published)", "nmi": 0.834},
+        {"method": "MStreamF (published)", "nmi": 0.797},
+        {"method": "MStream (reference code)", "nmi": 0.855, "ari": 0.663, "clusters": 302,
+         "docs_per_s": 140.0},
+    ],
+    "news-t": [
+        {"method": "MStream (published)", "nmi": 0.850},
+        {"method": "MStreamF (published)", "nmi": 0.873},
+        {"method": "MStream (reference code)", "nmi": 0.876, "ari": 0.666, "clusters": 370,
+         "docs_per_s": 140.0},
+    ],
+}
+
+# river peers and the settings used for them on unit-length embeddings
+RIVER_PEERS: dict[str, dict[str, Any]] = {
+    "DBSTREAM": {"clustering_threshold": 0.8, "fading_factor": 0.001, "cleanup_interval": 1000,
+                 "intersection_factor": 0.3, "minimum_weight": 1.0},
+    "DenStream": {"decaying_factor": 0.001, "beta": 0.5, "mu": 2.5, "epsilon": 0.6,
+                  "n_samples_init": 500},
+}
+
+
+@dataclass
+class Row:
+    """One line of the table (and one object of ``--json``)."""
+
+    method: str
+    nmi: float | None = None
+    ari: float | None = None
+    homogeneity: float | None = None
+    completeness: float | None = None
+    purity: float | None = None
+    clusters: int | None = None
+    clusters_5plus: int | None = None
+    docs_per_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Dataset:
+    name: str
+    texts: list[str]
+    labels: list[str]
+
+
+def read_dataset(path: Path, text_field: str = "text", label_field: str = "label",
+                 limit: int | None = None) -> Dataset:
+    """The texts and labels of a labelled JSONL stream, in file order.
+
+    Raises ``ValueError`` naming the line of the first record without the two fields.
+    """
+    texts: list[str] = []
+    labels: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str) \
+                    or obj.get(label_field) is None:
+                raise ValueError(f"{path}:{n}: needs a string {text_field!r} and a {label_field!r}")
+            texts.append(obj[text_field])
+            labels.append(str(obj[label_field]))
+            if limit and len(texts) >= limit:
+                break
+    if not texts:
+        raise ValueError(f"{path}: no records")
+    return Dataset(path.name.removesuffix(".jsonl"), texts, labels)
+
+
+def encode_stream(encode: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str],
+                  batch_size: int) -> tuple[np.ndarray, float]:
+    """Encode in stream order, micro-batch by micro-batch; returns (X, seconds)."""
+    start = time.perf_counter()
+    parts = [encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts).astype(np.float32, copy=False), time.perf_counter() - start
+
+
+def run_clusterer(clusterer: Clusterer, X: np.ndarray, batch_size: int
+                  ) -> tuple[list[int], list[tuple[int, int]], float]:
+    """Stream ``X`` through ``clusterer``; returns arrival ids, announced merges and the
+    seconds spent in ``learn_predict`` alone."""
+    preds: list[int] = []
+    merges: list[tuple[int, int]] = []
+    seconds = 0.0
+    for i in range(0, len(X), batch_size):
+        t0 = time.perf_counter()
+        result = clusterer.learn_predict(X[i:i + batch_size])
+        seconds += time.perf_counter() - t0
+        preds.extend(result.cluster_ids.tolist())
+        merges.extend((int(a), int(b)) for a, b in result.merged.tolist())
+    return preds, merges, seconds
+
+
+def score(method: str, labels: Sequence[str], pred: Sequence[Any], n: int, seconds: float,
+          note: str = "") -> Row:
+    q = quality(labels, pred)
+    return Row(method, round(q.nmi, 4), round(q.ari, 4), round(q.homogeneity, 4),
+               round(q.completeness, 4), round(q.purity, 4), q.clusters, q.clusters_5plus,
+               round(n / max(seconds, 1e-9), 1), note)
+
+
+def ours(name: str, clusterer: Clusterer, X: np.ndarray, labels: Sequence[str],
+         batch_size: int) -> list[Row]:
+    preds, merges, seconds = run_clusterer(clusterer, X, batch_size)
+    return [score(name, labels, follow_merges(preds, merges), len(X), seconds,
+                  f"after {len(merges)} announced merges"),
+            score(f"{name} (arrival)", labels, preds, len(X), seconds, "ids as first assigned")]
+
+
+def river_peer(estimator: str, X: np.ndarray, labels: Sequence[str], batch_size: int,
+               limit: int) -> Row:
+    from stream.clustering.river_backend import RiverClusterer
+
+    n = min(limit, len(X))
+    clusterer = RiverClusterer(estimator, dict(RIVER_PEERS.get(estimator, {})))
+    preds, _, seconds = run_clusterer(clusterer, X[:n], batch_size)
+    note = "settings: " + ",".join(f"{k}={v}" for k, v in RIVER_PEERS.get(estimator, {}).items())
+    if n < len(X):
+        note = f"first {n} of {len(X)} documents (too slow for all); " + note
+    return score(f"river {estimator}", labels[:n], preds, n, seconds, note)
+
+
+def minibatch_kmeans_peer(X: np.ndarray, labels: Sequence[str], batch_size: int) -> Row:
+    """scikit-learn's ``MiniBatchKMeans.partial_fit`` given the true number of topics; each
+    batch is predicted right after it is learnt (assignment on arrival)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    k = len(set(labels))
+    km = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=1)
+    preds: list[int] = []
+    seconds = 0.0
+    step = max(batch_size, k)  # its first partial_fit needs at least k documents
+    for i in range(0, len(X), step):
+        t0 = time.perf_counter()
+        km.partial_fit(X[i:i + step])
+        preds.extend(km.predict(X[i:i + step]).tolist())
+        seconds += time.perf_counter() - t0
+    return score("sklearn MiniBatchKMeans", labels, preds, len(X), seconds,
+                 f"partial_fit, true k={k}, batches of {step}")
+
+
+def print_table(rows: list[Row], title: str, out: Any) -> None:
+    def fmt(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    print(title, file=out)
+    head = f"{'method':<28} {'NMI':>6} {'ARI':>6} {'homog':>6} {'compl':>6} {'purity':>6} " \
+           f"{'clusters':>8} {'5+':>5} {'docs/s':>10}  note"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        print(f"{r.method:<28} {fmt(r.nmi, '.3f'):>6} {fmt(r.ari, '.3f'):>6} "
+              f"{fmt(r.homogeneity, '.3f'):>6} {fmt(r.completeness, '.3f'):>6} "
+              f"{fmt(r.purity, '.3f'):>6} {fmt(r.clusters, 'd'):>8} {fmt(r.clusters_5plus, 'd'):>5} "
+              f"{fmt(r.docs_per_s, ',.0f'):>10}  {r.note}", file=out)
+
+
+def rows_as_json(rows: list[Row]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
