@@ -113,6 +113,20 @@ def check_kafka(cfg: Config, create_topics: list[str] | None = None, partitions:
         admin.close()
 
 
+class RiverModelFile:
+    """A river model's signed pickle beside the in-memory store's snapshot: loaded (signature
+    checked first) when the worker is built, saved when it closes, with the snapshot."""
+
+    def __init__(self, clusterer: Any, path: Path) -> None:
+        self.clusterer, self.path = clusterer, path
+        if path.exists():
+            clusterer.load(path)
+            log.info("loaded the signed river model %s", path)
+
+    def close(self) -> None:
+        self.clusterer.save(self.path)
+
+
 @dataclass
 class Built:
     worker: Any
@@ -132,10 +146,18 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
     from stream.worker import Worker
 
     metrics = metrics or Metrics()
+    if cfg.clusterer.startswith("river:") and cfg.redis_url:
+        raise ConfigError(f"clusterer={cfg.clusterer!r} is a single-worker backend: its river model "
+                          "lives in one process and cannot be shared through Redis; run it without "
+                          "redis_url (its signed model is saved beside state_file)")
     store = build_store(cfg)
     encoder = encoder or build_encoder(cfg)
+    clusterer = build_clusterer(cfg, encoder)
+    extra_closers: list[Any] = []
+    if cfg.clusterer.startswith("river:") and cfg.state_file:
+        extra_closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))
     common: dict[str, Any] = dict(
-        encoder=encoder, clusterer=build_clusterer(cfg, encoder), store=store, rules=input_rules(cfg),
+        encoder=encoder, clusterer=clusterer, store=store, rules=input_rules(cfg),
         model_name=f"{cfg.clusterer}/{encoder.name}", batch_size=cfg.batch_size,
         max_wait_ms=cfg.max_wait_ms, metrics=metrics, refresh_interval_s=cfg.refresh_interval_s,
         log_interval_s=cfg.log_interval_s, exit_when_idle=cfg.exit_when_idle)
@@ -150,7 +172,7 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         worker = Worker(source=file_source, sink=sink or FileSink("-"), **common)
         if stored:
             worker.expected[file_source.tp] = stored
-        return Built(worker, [store, file_source, worker.sink])
+        return Built(worker, [store, *extra_closers, file_source, worker.sink])
 
     from stream.sink import KafkaSink
     from stream.source import KafkaSource
@@ -173,4 +195,4 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                                    dict(kafka_cfg, max_request_size=max(1048576, cfg.max_record_bytes * 2)))
     worker = Worker(source=source, sink=kafka_sink, on_committed=source.commit_to_kafka, **common)
     holder["w"] = worker
-    return Built(worker, [store, kafka_sink, source])
+    return Built(worker, [store, *extra_closers, kafka_sink, source])

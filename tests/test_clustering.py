@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.clustering import ClusterState, OnlineKMeans, apply_delta
+from stream.clustering import ClusterState, DenStream, OnlineKMeans, apply_delta
 from stream.clustering.base import Clusterer, decay_factor
 
 CLUSTERERS = [
     lambda: OnlineKMeans(threshold=0.6, max_clusters=50),
     lambda: OnlineKMeans(threshold=0.6, max_clusters=50, half_life=200.0),
+    lambda: DenStream(eps=0.2, mu=4, beta=0.5, half_life=200.0, max_micro_clusters=100),
+    lambda: DenStream(eps=0.2, mu=4, beta=0.5, half_life=None, offline_every=100),
 ]
 
 

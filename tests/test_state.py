@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stream.clustering import OnlineKMeans, apply_delta
-from stream.clustering.base import ClusterState
+from stream.clustering.base import ClusterState, Delta
 from stream.contracts import TopicPartition
 from stream.services import Service
 from stream.state import NO_OFFSET, CommitRejected, OffsetMove
@@ -133,3 +133,124 @@ def test_keys_share_one_hash_tag_and_urls_are_redacted() -> None:
         model_keys("a{b}")
     assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
     assert "s3cret" not in redact("rediss://:s3cret@host:6380")
+
+
+def assert_store_is_mirror(stored: ClusterState | None, mirror: ClusterState) -> None:
+    """Every field of every row: ids, labels and counts exactly, numbers to float rounding."""
+    assert stored is not None
+    a, b = stored.sorted(), mirror.sorted()
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.row_labels, b.row_labels)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.sums, b.sums, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.last_t, b.last_t, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.created_t, b.created_t, rtol=0, atol=1e-9)
+    assert (a.n_docs, a.version) == (b.n_docs, b.version)
+
+
+def drifting(n_docs: int, size: int, dim: int, seed: int):
+    """Unit rows around centres that come and go, so clusters open, merge and fade."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(10, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    for b in range(n_docs // size):
+        live = [(b // 4 + j) % 10 for j in range(3)]
+        X = centres[rng.choice(live, size)] + 0.25 * rng.normal(size=(size, dim))
+        yield (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["kmeans", "denstream"])
+def test_redis_commit_is_apply_delta_with_merges_and_removals(redis_server: Service,
+                                                              kind: str) -> None:
+    """Real clusterer deltas with frequent maintenance: merges (several into one dst),
+    removals, and DenStream's relabel-only rows with zero sums; the store is compared with
+    the apply_delta mirror after every commit."""
+    hl = 40.0
+    if kind == "kmeans":
+        model = OnlineKMeans(threshold=0.85, merge_threshold=0.45, half_life=hl, min_weight=0.8,
+                             maintain_every=25)
+    else:
+        denstream = pytest.importorskip("stream.clustering.denstream")
+        model = denstream.DenStream(eps=0.12, mu=3.0, beta=0.5, half_life=hl, offline_every=10)
+    store = RedisStore(redis_server.url, model=f"lua-{kind}", half_life=hl)
+    model.set_id_allocator(store.allocate_ids)
+    mirror = ClusterState.empty(12)
+    seen = {"merges": 0, "many_to_one": 0, "removed": 0, "relabel_only": 0}
+    expected = NO_OFFSET
+    for X in drifting(3000, 50, 12, seed=7):
+        res = model.learn_predict(X)
+        d = res.delta
+        seen["merges"] += len(d.merges)
+        seen["many_to_one"] += int(len(d.merges) > len(np.unique(d.merges[:, 1])))
+        seen["removed"] += len(d.removed)
+        seen["relabel_only"] += int((d.counts == 0).sum())
+        store.commit(d, [OffsetMove(TP, expected, mirror.n_docs + len(X))])
+        expected = mirror.n_docs + len(X)
+        mirror = apply_delta(mirror, d, hl)
+        assert_store_is_mirror(store.load_state(), mirror)
+    stored = store.load_state()
+    assert stored is not None and stored.next_id == mirror.next_id
+    assert_same_state(stored, model.snapshot())
+    assert seen["removed"] > 0
+    if kind == "kmeans":
+        assert seen["merges"] > 0 and seen["many_to_one"] > 0
+    else:
+        assert seen["relabel_only"] > 0
+    store.close()
+
+
+def hand_delta(dim: int, n_docs: int, rows: dict[int, tuple[float, int, int]] | None = None,
+               merges: list[tuple[int, int]] | None = None,
+               removed: list[int] | None = None, seed: int = 0) -> Delta:
+    """rows: id -> (weight, count, label); weight 0 with count 0 is a relabel-only row."""
+    rows = rows or {}
+    rng = np.random.default_rng(seed)
+    ids = np.array(list(rows), np.int64)
+    w = np.array([rows[c][0] for c in ids], np.float64)
+    vec = rng.normal(size=(len(ids), dim))
+    return Delta(
+        n_docs=n_docs, ids=ids, sums=(vec * w[:, None]).astype(np.float32), weights=w,
+        counts=np.array([rows[c][1] for c in ids], np.int64),
+        labels=np.array([rows[c][2] for c in ids], np.int64),
+        merges=np.asarray(merges or [], np.int64).reshape(-1, 2),
+        removed=np.asarray(removed or [], np.int64),
+    )
+
+
+@pytest.mark.parametrize("half_life", [None, 25.0])
+def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
+                                                         half_life: float | None) -> None:
+    """The corner cases: shared labels (several rows of one public cluster), relabel-only
+    rows with zero sums, many-to-one merges, a chain, merges naming missing, removed or the
+    same id, removals of absent ids, and a delta that is only maintenance (no documents)."""
+    dim = 5
+    deltas = [
+        # rows 1..6; rows 5 and 6 belong to clusters 1 and 2 (DenStream-like labels)
+        hand_delta(dim, 20, {1: (4.0, 4, 1), 2: (3.0, 3, 2), 3: (5.0, 5, 3), 4: (2.0, 2, 4),
+                             5: (4.0, 4, 1), 6: (2.0, 2, 2)}, seed=1),
+        # relabel-only row 4 -> 3; many-to-one into 1; then a chain 1 -> 6; a removal of a
+        # row that was merged into (3) and of an absent id
+        hand_delta(dim, 7, {4: (0.0, 0, 3), 1: (1.0, 1, 1), 7: (2.0, 2, 7)},
+                   merges=[(2, 1), (3, 1), (4, 1), (1, 6)], removed=[5, 99], seed=2),
+        # merges naming a removed id, a missing id, the same id; removing what is gone
+        hand_delta(dim, 3, {6: (1.0, 1, 6)}, merges=[(5, 6), (77, 6), (6, 77), (6, 6), (2, 7)],
+                   removed=[5, 2], seed=3),
+        # maintenance only, no documents: the older 6 (created at 20) folds into the younger
+        # 7 (created at 27), which keeps the earlier creation time; absent ids removed
+        hand_delta(dim, 0, merges=[(6, 7)], removed=[6, 99]),
+        # documents again, into fresh and old rows; the fresh 8 absorbs the fresh 10 and the
+        # old 7, and then a removal takes the fresh 11
+        hand_delta(dim, 9, {8: (6.0, 6, 8), 9: (3.0, 3, 8), 10: (1.0, 1, 10), 7: (1.0, 1, 7),
+                            11: (2.0, 2, 11)}, merges=[(10, 8), (7, 8)], removed=[11], seed=4),
+    ]
+    store = RedisStore(redis_server.url, model=f"hand-{half_life}", half_life=half_life)
+    mirror = ClusterState.empty(dim)
+    for i, d in enumerate(deltas):
+        store.commit(d, [OffsetMove(TP, NO_OFFSET if i == 0 else i, i + 1)])
+        mirror = apply_delta(mirror, d, half_life)
+        assert_store_is_mirror(store.load_state(), mirror)
+    assert mirror.ids.tolist() == [8, 9]
+    assert mirror.row_labels.tolist() == [8, 8]
+    assert mirror.created_t.tolist() == [20.0, 39.0]
+    store.close()

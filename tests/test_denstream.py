@@ -1,0 +1,399 @@
+"""DenStream against the paper's definitions (Cao et al., SDM 2006), in cosine space."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream.clustering import BatchResult, ClusterState, Delta, DenStream, apply_delta
+from stream.clustering.base import decay_factor
+from stream.clustering.denstream import _components, cosine_radius
+
+
+def unit(*rows: list[float]) -> np.ndarray:
+    X = np.asarray(rows, np.float32)
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def at_angle(deg: float, dim: int = 2) -> np.ndarray:
+    """Unit vector at ``deg`` degrees in the plane of the first two axes."""
+    v = np.zeros(dim, np.float32)
+    v[0], v[1] = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return v
+
+
+def blobs(n: int, k: int, dim: int = 16, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim))
+    X = centers[rng.integers(0, k, n)] + noise * rng.normal(size=(n, dim))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def assert_same_state(a: ClusterState, b: ClusterState) -> None:
+    a, b = a.sorted(), b.sorted()
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.sums, b.sums, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-9)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.row_labels, b.row_labels)
+    np.testing.assert_array_equal(a.last_t, b.last_t)
+    np.testing.assert_array_equal(a.created_t, b.created_t)
+    assert a.n_docs == b.n_docs
+
+
+# -- radius --------------------------------------------------------------------------------
+def test_cosine_radius_is_the_weighted_mean_distance_to_the_centre() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        X = rng.normal(size=(int(rng.integers(1, 30)), 12))
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        a = rng.uniform(0.05, 2.0, len(X))  # decayed weights of the members
+        cf1, w = (a[:, None] * X).sum(0), a.sum()
+        c = cf1 / np.linalg.norm(cf1)
+        by_definition = float((a * (1.0 - X @ c)).sum() / w)
+        assert float(cosine_radius(cf1, w)) == pytest.approx(by_definition, abs=1e-12)
+
+
+def test_micro_cluster_radius_matches_its_decayed_members() -> None:
+    """A micro-cluster's state gives the radius of its points with their decayed weights."""
+    half_life = 5.0
+    ds = DenStream(eps=0.3, mu=4, beta=0.5, half_life=half_life)
+    X = unit([1, 0.1, 0], [1, -0.1, 0.05], [1, 0, -0.1], [1, 0.05, 0.1])
+    times = []
+    for i, x in enumerate(X):
+        ds.learn_predict(x[None, :])
+        times.append(i + 1.0)
+    s = ds.snapshot()
+    assert len(s) == 1 and s.counts.tolist() == [4]
+    a = decay_factor(s.n_docs - np.asarray(times), half_life)
+    c = (a[:, None] * X).sum(0)
+    c /= np.linalg.norm(c)
+    by_definition = float((a * (1.0 - X @ c)).sum() / a.sum())
+    assert s.weights[0] == pytest.approx(a.sum())
+    assert float(cosine_radius(s.sums[0], s.weights[0])) == pytest.approx(by_definition, abs=1e-6)
+
+
+def test_a_document_joins_only_when_the_radius_after_adding_it_fits() -> None:
+    ds = DenStream(eps=0.05, mu=4, beta=0.5, half_life=None)
+    ds.learn_predict(np.tile(at_angle(0), (3, 1)))  # one micro-cluster, w=3, radius 0
+    # radius after adding x at angle a: 1 - |3 e0 + x| / 4; fits up to about 36 degrees
+    for deg, joins in ((30.0, True), (45.0, False)):
+        x = at_angle(deg)
+        expected = float(cosine_radius(3 * at_angle(0) + x, 4.0)) <= 0.05
+        assert expected == joins
+        probe = DenStream(eps=0.05, mu=4, beta=0.5, half_life=None)
+        probe.restore(ds.snapshot())
+        r = probe.learn_predict(x[None, :])
+        assert (not r.is_new_cluster[0]) == joins
+
+
+# -- decay, promotion ----------------------------------------------------------------------
+def test_decay_halves_weight_per_half_life() -> None:
+    ds = DenStream(eps=0.1, mu=4, beta=0.5, half_life=10.0)
+    ds.learn_predict(np.tile(at_angle(0), (10, 1)))  # t=10, weight 10
+    ds.learn_predict(np.tile(at_angle(90), (10, 1)))  # t=20
+    s = ds.snapshot()
+    assert s.weights_at(20, 10.0).tolist() == pytest.approx([5.0, 10.0])
+    ds.learn_predict(at_angle(0)[None, :])  # t=21: decayed 11 documents, then +1
+    s = ds.snapshot()
+    assert s.weights[0] == pytest.approx(10 * 0.5 ** 1.1 + 1)
+    assert s.counts.tolist() == [11, 10]
+
+
+def test_outlier_micro_cluster_is_promoted_at_beta_mu() -> None:
+    ds = DenStream(eps=0.1, mu=6, beta=0.5, half_life=None)  # beta * mu = 3
+    x = at_angle(0)[None, :]
+    flags = [bool(ds.learn_predict(x).is_outlier[0]) for _ in range(4)]
+    assert flags == [True, True, False, False]
+    assert ds.potential().tolist() == [True]
+    assert ds.snapshot().weights.tolist() == [4.0]
+
+
+def test_promotion_counts_the_decayed_weight() -> None:
+    ds = DenStream(eps=0.1, mu=6, beta=0.5, half_life=10.0)  # beta * mu = 3, Tp = 6
+    x = at_angle(0)[None, :]
+    ds.learn_predict(np.tile(x, (2, 1)))  # weight 2 at t=2
+    ds.learn_predict(np.tile(at_angle(90)[None, :], (3, 1)))  # t=5
+    r = ds.learn_predict(x)  # t=6: 2 * 2^-0.4 + 1 < 3, still an outlier (undecayed: 3)
+    assert r.is_outlier.tolist() == [True]
+    s = ds.snapshot()
+    assert s.weights[0] == pytest.approx(2 * 0.5 ** 0.4 + 1)
+    assert not ds.potential()[0]
+
+
+def test_nearest_potential_micro_cluster_is_tried_before_outliers() -> None:
+    ds = DenStream(eps=0.2, mu=4, beta=0.5, half_life=None)  # beta * mu = 2
+    ds.learn_predict(np.stack([at_angle(0), at_angle(0), at_angle(40)]))  # p at 0, o at 40
+    s = ds.snapshot()
+    assert s.weights.tolist() == [2.0, 1.0]
+    r = ds.learn_predict(at_angle(25)[None, :])  # nearer the o-micro, fits the p-micro
+    assert r.cluster_ids.tolist() == [s.ids[0]]
+
+
+# -- pruning -------------------------------------------------------------------------------
+def test_pruning_period_and_xi_follow_the_paper() -> None:
+    ds = DenStream(eps=0.1, mu=4, beta=0.5, half_life=1000.0)
+    assert ds.prune_every == 1000  # (1/lambda) log2(2 / 1)
+    ds = DenStream(eps=0.1, mu=6, beta=0.5, half_life=100.0)
+    assert ds.prune_every == math.ceil(100 * math.log2(3 / 2))
+    lam, tp = 1 / 100.0, ds.prune_every
+    for tc, t0 in ((50.0, 50.0), (80.0, 20.0), (1e6, 0.0)):
+        xi = (2 ** (-lam * (tc - t0 + tp)) - 1) / (2 ** (-lam * tp) - 1)
+        assert float(ds.xi(tc, t0)) == pytest.approx(xi)
+    assert float(ds.xi(50.0, 50.0)) == pytest.approx(1.0)  # at creation
+    # long after: 1 / (1 - 2^(-lambda Tp)), beta * mu but for rounding Tp up
+    assert float(ds.xi(1e6, 0.0)) == pytest.approx(1 / (1 - 2 ** (-lam * tp)))
+    assert 2.95 < float(ds.xi(1e6, 0.0)) <= 3.0
+    with pytest.raises(ValueError, match="needs a half_life"):
+        DenStream(half_life=None).xi(1.0, 0.0)
+
+
+def test_outlier_micro_clusters_are_pruned_below_xi() -> None:
+    """beta*mu = 3, half_life 100: Tp = 59. An o-micro-cluster of weight 2 created at t0
+    survives a check at tc while 2 * 2^(-(tc-t0)/100) >= xi(tc, t0), about
+    3 - 2 * 2^(-(tc-t0)/100), i.e. for tc - t0 up to about 41.5; a singleton never survives a
+    check after its creation."""
+    ds = DenStream(eps=0.05, mu=6, beta=0.5, half_life=100.0)
+    assert ds.prune_every == 59
+    e = np.eye(5, dtype=np.float32)
+    # at t=50: a busy p-micro-cluster (0), o-micro-clusters of weight 2 created at t=30 (1),
+    # t=18 (2, 42 old at the first check) and t=19 (3, 41 old), a singleton of t=50 (4)
+    state = ClusterState(
+        dim=5, ids=np.arange(5), sums=(e * np.array([[10], [2], [2], [2], [1]])).astype(np.float32),
+        weights=np.array([10.0, 2, 2, 2, 1]), counts=np.array([10, 2, 2, 2, 1]),
+        last_t=np.array([50.0, 30, 18, 19, 50]), created_t=np.array([0.0, 30, 18, 19, 50]),
+        n_docs=50, next_id=5)
+    ds.restore(state)
+    removed = {}
+    for t in range(60, 130, 10):
+        r = ds.learn_predict(np.tile(e[0], (10, 1)))  # only the busy one gets documents
+        removed[t] = r.delta.removed.tolist()
+        assert r.faded.tolist() == r.delta.removed.tolist()
+    # first check at t=60 (crosses 59): the singleton and the pair 42 old go; the pairs 41
+    # and 30 old stay. Second check at t=120 (crosses 118): both, now 101 and 90 old, go
+    assert removed == {60: [2, 4], 70: [], 80: [], 90: [], 100: [], 110: [], 120: [1, 3]}
+    assert ds.snapshot().ids.tolist() == [0]
+    for age, kept in ((30.0, True), (41.0, True), (42.0, False), (10.0, True)):
+        w = 2 * 0.5 ** (age / 100)
+        assert (w >= float(ds.xi(60.0, 60.0 - age))) == kept
+
+
+def test_potential_micro_clusters_are_pruned_below_beta_mu() -> None:
+    ds = DenStream(eps=0.05, mu=4, beta=0.5, half_life=100.0, dim=4)  # beta*mu = 2, Tp = 100
+    e = np.eye(4, dtype=np.float32)
+    ds.learn_predict(np.concatenate([np.tile(e[0], (3, 1)), np.tile(e[1], (40, 1))]))  # t=43
+    ds.learn_predict(np.tile(e[1], (47, 1)))  # t=90
+    r = ds.learn_predict(np.tile(e[1], (10, 1)))  # t=100: check; 3 * 2^-0.57 = 2.02 stays
+    assert r.delta.removed.size == 0
+    for _ in range(3):
+        r = ds.learn_predict(np.tile(e[1], (10, 1)))
+        assert r.delta.removed.size == 0
+    r = ds.learn_predict(np.tile(e[1], (70, 1)))  # t=200: 3 * 2^-1.57 < 2: pruned
+    assert r.delta.removed.tolist() == [0] and r.faded.tolist() == [0]
+
+
+# -- offline step: connectivity and labels ------------------------------------------------
+def test_components_are_the_transitive_closure() -> None:
+    a = np.array([0, 5, 3, 7, 2])
+    b = np.array([5, 3, 1, 8, 9])
+    root = _components(a, b, 10)
+    assert root.tolist() == [0, 0, 2, 0, 4, 0, 6, 7, 7, 2]
+
+
+def test_components_match_a_reference_union_find() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        m = int(rng.integers(0, 60))
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        parent = list(range(n))
+
+        def find(x: int, parent: list[int] = parent) -> int:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for u, v in zip(a.tolist(), b.tolist(), strict=True):
+            ru, rv = find(u), find(v)
+            parent[max(ru, rv)] = min(ru, rv)
+        assert _components(a, b, n).tolist() == [find(x) for x in range(n)]
+
+
+def test_a_chain_of_micro_clusters_gets_one_label() -> None:
+    """A-B and B-C are within 2*eps, A-C is not: density-connected through B, so one label
+    (river's one-hop expansion from A never reaches C)."""
+    eps = 0.1  # 2*eps: cosine >= 0.8, about 36.9 degrees
+    assert 1 - math.cos(math.radians(60)) > 2 * eps >= 1 - math.cos(math.radians(30))
+    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None)
+    X = np.stack([at_angle(0)] * 3 + [at_angle(30)] * 3 + [at_angle(60)] * 3)
+    r = ds.learn_predict(X)
+    assert ds.n_micro_clusters == 3 and ds.n_clusters == 1
+    assert set(r.cluster_ids.tolist()) == {0}
+    assert r.merged.tolist() == [[1, 0], [2, 0]]
+
+
+def test_a_bridge_merges_two_labels_and_reports_it() -> None:
+    """A (label 0) and C (label 1) are apart; the outlier B (label 2) between them becomes
+    potential and connects both: labels 1 and 2 merge into 0, C's row changes label only."""
+    eps = 0.1
+    d = 2
+    # A and C full (radius eps, weight 30), so that B's documents fit neither of them
+    a, b, c = at_angle(0), at_angle(30), at_angle(60)
+    state = ClusterState(
+        dim=d, ids=np.array([0, 1, 2]), sums=np.stack([27 * a, 27 * c, b]).astype(np.float32),
+        weights=np.array([30.0, 30.0, 1.0]), counts=np.array([30, 30, 1]),
+        last_t=np.full(3, 61.0), created_t=np.array([0.0, 0.0, 61.0]),
+        labels=np.array([0, 1, 2]), n_docs=61, next_id=3)
+    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None)
+    ds.restore(state)
+    before = ds.snapshot()
+    r = ds.learn_predict(np.stack([b, b]))
+    assert r.cluster_ids.tolist() == [0, 0]
+    assert r.merged.tolist() == [[1, 0], [2, 0]]
+    after = ds.snapshot()
+    assert after.row_labels.tolist() == [0, 0, 0]
+    assert after.counts.tolist() == [30, 30, 3]
+    # C changed label only: in the delta with zero numbers, a no-op for its numbers
+    i = r.delta.ids.tolist().index(1)
+    assert r.delta.weights[i] == 0 and r.delta.counts[i] == 0 and not r.delta.sums[i].any()
+    applied = apply_delta(before, r.delta, None)
+    assert_same_state(applied, after)
+    np.testing.assert_array_equal(applied.sorted().sums[1], before.sums[1])
+
+
+def test_label_only_rows_keep_their_decayed_numbers() -> None:
+    before = ClusterState(
+        dim=2, ids=np.array([4]), sums=np.array([[3.0, 1.0]], np.float32),
+        weights=np.array([4.0]), counts=np.array([4]), last_t=np.array([10.0]),
+        created_t=np.array([0.0]), labels=np.array([4]), n_docs=10, next_id=5)
+    delta = Delta(5, np.array([4]), np.zeros((1, 2), np.float32), np.zeros(1), np.zeros(1, np.int64),
+                  labels=np.array([1]))
+    after = apply_delta(before, delta, 5.0)
+    assert after.row_labels.tolist() == [1] and after.counts.tolist() == [4]
+    for t in (15.0, 40.0):
+        assert after.weights_at(t, 5.0) == pytest.approx(before.weights_at(t, 5.0))
+    f = decay_factor(5.0, 5.0)
+    np.testing.assert_allclose(after.sums / after.weights[:, None], before.sums / before.weights[:, None],
+                               rtol=1e-6)
+    assert after.sums[0] == pytest.approx(before.sums[0] * f)
+
+
+def _stream_checks(ds: DenStream, X: np.ndarray, batch: int) -> list[BatchResult]:
+    """Run ``X`` through ``ds`` checking, batch by batch, that apply_delta(before) == after
+    and that labels only merge, as reported."""
+    out = []
+    for i in range(0, len(X), batch):
+        before = ds.snapshot()
+        r = ds.learn_predict(X[i:i + batch])
+        after = ds.snapshot()
+        assert_same_state(apply_delta(before, r.delta, ds.half_life), after)
+        into = dict(r.merged.tolist())
+        assert all(dst not in into for dst in into.values())  # one step: src -> survivor
+        old = dict(zip(before.ids.tolist(), before.row_labels.tolist(), strict=True))
+        for cid, lab in zip(after.ids.tolist(), after.row_labels.tolist(), strict=True):
+            if cid in old:
+                assert lab == into.get(old[cid], old[cid])  # unchanged, or merged as reported
+        live = set(after.row_labels.tolist())
+        assert not live & set(into)  # merged labels are gone
+        assert not live & set(r.faded.tolist())
+        assert set(r.faded.tolist()) <= set(before.row_labels.tolist())
+        assert set(r.cluster_ids.tolist()) <= live
+        out.append(r)
+    return out
+
+
+def test_delta_round_trip_and_merge_only_labels_over_a_stream() -> None:
+    X = blobs(3000, 12, noise=0.7, seed=5)
+    ds = DenStream(eps=0.2, mu=3, beta=0.5, half_life=300.0, max_micro_clusters=500, dim=16)
+    results = _stream_checks(ds, X, 128)
+    assert sum(len(r.merged) for r in results) > 0
+    assert sum(len(r.delta.removed) for r in results) > 0
+    assert sum(len(r.faded) for r in results) > 0
+    assert any((r.delta.counts == 0).any() for r in results)  # label-only rows travelled
+
+
+def test_delta_round_trip_with_offline_every_and_no_decay() -> None:
+    X = blobs(1500, 8, noise=0.7, seed=6)
+    ds = DenStream(eps=0.2, mu=3, beta=0.5, half_life=None, offline_every=500, dim=16)
+    results = _stream_checks(ds, X, 100)
+    assert [i for i, r in enumerate(results) if len(r.merged)] != []
+    assert all(len(r.merged) == 0 for i, r in enumerate(results) if (i + 1) % 5)
+
+
+def test_snapshot_restore_mid_stream_gives_the_same_assignments() -> None:
+    X = blobs(2400, 10, noise=0.7, seed=7)
+    make = lambda: DenStream(eps=0.2, mu=3, beta=0.5, half_life=250.0, max_micro_clusters=300,  # noqa: E731
+                             offline_every=200)
+    a, b = make(), make()
+    for i in range(0, 1100, 100):
+        a.learn_predict(X[i:i + 100])
+        b.learn_predict(X[i:i + 100])
+    c = make()
+    c.restore(b.snapshot())
+    for i in range(1100, len(X), 100):
+        ra, rc = a.learn_predict(X[i:i + 100]), c.learn_predict(X[i:i + 100])
+        np.testing.assert_array_equal(ra.cluster_ids, rc.cluster_ids)
+        np.testing.assert_array_equal(ra.is_outlier, rc.is_outlier)
+        np.testing.assert_array_equal(ra.merged, rc.merged)
+        np.testing.assert_array_equal(ra.faded, rc.faded)
+        np.testing.assert_array_equal(ra.delta.removed, rc.delta.removed)
+    assert_same_state(a.snapshot(), c.snapshot())
+
+
+# -- outputs, capacity, ids, validation ----------------------------------------------------
+def test_outputs_of_a_first_batch() -> None:
+    ds = DenStream(eps=0.1, mu=4, beta=0.5, half_life=None)
+    X = np.stack([at_angle(0), at_angle(90), at_angle(1), at_angle(0)])
+    r = ds.learn_predict(X)
+    assert r.cluster_ids.tolist() == [0, 1, 0, 0]
+    assert r.is_new_cluster.tolist() == [True, True, False, False]
+    assert r.is_outlier.tolist() == [False, True, False, False]  # weights 3 and 1
+    assert r.delta.new_ids.tolist() == [0, 1]
+    assert r.merged.size == 0 and r.delta.merges.size == 0
+    centre = X[[0, 2, 3]].sum(0) / np.linalg.norm(X[[0, 2, 3]].sum(0))
+    assert r.similarity[0] == pytest.approx(float(X[0] @ centre), abs=1e-6)
+    assert r.similarity[1] == pytest.approx(1.0)
+
+
+def test_capacity_sends_novel_documents_to_the_nearest_micro_cluster() -> None:
+    ds = DenStream(eps=0.01, mu=4, beta=0.5, half_life=None, max_micro_clusters=2, dim=3)
+    r = ds.learn_predict(unit([1, 0, 0], [0, 1, 0], [0.3, 1, 0]))
+    assert ds.n_micro_clusters == 2
+    assert r.cluster_ids.tolist() == [0, 1, 1]
+    assert r.is_outlier.tolist() == [True, False, True]  # the last one: over capacity
+    r = ds.learn_predict(unit([0, 0, 1], [1, 0, 0.2]))
+    assert r.cluster_ids.tolist()[1] == 0 and r.is_outlier[0]
+    assert ds.n_micro_clusters == 2
+
+
+def test_id_allocator_is_used() -> None:
+    ds = DenStream(eps=0.1, mu=4, beta=0.5)
+    ds.set_id_allocator(lambda n: np.arange(100, 100 + n))
+    r = ds.learn_predict(np.eye(2, dtype=np.float32))
+    assert r.cluster_ids.tolist() == [100, 101] and r.delta.new_ids.tolist() == [100, 101]
+
+
+def test_empty_batch_and_empty_state() -> None:
+    ds = DenStream()
+    ds.restore(ClusterState.empty(8))
+    r = ds.learn_predict(np.zeros((0, 8), np.float32))
+    assert r.cluster_ids.shape == (0,) and r.delta.n_docs == 0
+    assert ds.learn_predict(np.eye(8, dtype=np.float32)[:2]).cluster_ids.shape == (2,)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(eps=0), "eps=0 should be > 0"),
+    (dict(eps=1.5), "eps=1.5 should be > 0 and <= 1"),
+    (dict(mu=0), "mu=0 should be > 0"),
+    (dict(beta=0), "beta=0 should be > 0"),
+    (dict(beta=0.5, mu=2), r"beta\*mu=1 \(beta=0.5, mu=2\) should be > 1"),
+    (dict(half_life=0), "half_life=0 should be > 0"),
+    (dict(max_micro_clusters=0), "max_micro_clusters=0 should be >= 1"),
+    (dict(offline_every=0), "offline_every=0 should be >= 1"),
+    (dict(dim=0), "dim=0 should be >= 1"),
+])
+def test_constructor_validates(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DenStream(**kwargs)  # type: ignore[arg-type]
