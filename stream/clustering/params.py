@@ -2,39 +2,56 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_INT = re.compile(r"[+-]?\d+\Z")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
-
-def parse_value(text: str) -> Any:
-    """``"3"`` -> 3, ``"0.8"`` -> 0.8, ``"true"`` -> True, ``"none"`` -> None, else the text."""
-    low = text.strip().lower()
+def _parse_value(text: str) -> Any:
+    low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     if low in ("none", "null"):
         return None
-    if _INT.match(low):
-        return int(low)
-    if _FLOAT.match(low) or low in ("inf", "-inf"):
-        return float(low)
-    return text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """Parse ``["eps=0.3", "mu=4"]`` into ``{"eps": 0.3, "mu": 4}``.
+    """Parse ``NAME=VALUE`` strings (e.g. repeated command-line flags) into typed keywords.
 
-    >>> parse_params(["clustering_threshold=0.8", "n_clusters=5", "flag=true"])
-    {'clustering_threshold': 0.8, 'n_clusters': 5, 'flag': True}
+    A value is read as an int, else a float, else a bool (``true``/``false``), else None
+    (``none``/``null``), all case-insensitive, else it stays a string. Nothing is evaluated.
+
+    Parameters
+    ----------
+    items
+        Strings of the form ``NAME=VALUE``, ``NAME`` a Python identifier.
+
+    Returns
+    -------
+    dict
+        The keywords, in the order given.
+
+    Raises
+    ------
+    ValueError
+        On an item that is not ``NAME=VALUE`` or a name given twice.
+
+    Examples
+    --------
+    >>> parse_params(["clustering_threshold=0.8", "n_clusters=5", "flag=true", "name=foo"])
+    {'clustering_threshold': 0.8, 'n_clusters': 5, 'flag': True, 'name': 'foo'}
     """
-    out: dict[str, Any] = {}
+    params: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not _NAME.match(name):
+        name, value = name.strip(), value.strip()
+        if not sep or not name.isidentifier() or not value:
             raise ValueError(f"clusterer param {item!r} should be NAME=VALUE")
-        out[name] = parse_value(value)
-    return out
+        if name in params:
+            raise ValueError(f"clusterer param {name!r} is given twice ({item!r})")
+        params[name] = _parse_value(value)
+    return params

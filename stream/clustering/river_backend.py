@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: frequencies, so neither can cluster embeddings.
 SUPPORTED_ESTIMATORS = ("CluStream", "DBSTREAM", "DenStream", "KMeans", "STREAMKMeans")
 
+#: how :meth:`RiverClusterer.learn_predict` interleaves learning and predicting.
+MODES = ("one", "batch")
+
 #: first bytes of every blob written by :meth:`RiverClusterer.dumps`; part of the signed data.
 FORMAT_TAG = b"topicstream-river-state/1\n"
 _SIG_LEN = hashlib.sha256().digest_size  # 32
@@ -59,56 +62,6 @@ class StateSignatureError(ValueError):
     """Signed river state that fails its check: it is refused and never unpickled."""
 
 
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """Parse ``NAME=VALUE`` strings (e.g. repeated command-line flags) into typed keywords.
-
-    A value is read as an int, else a float, else a bool (``true``/``false``), else None
-    (``none``/``null``), all case-insensitive, else it stays a string. Nothing is evaluated.
-
-    Parameters
-    ----------
-    items
-        Strings of the form ``NAME=VALUE``, ``NAME`` a Python identifier.
-
-    Returns
-    -------
-    dict
-        The keywords, in the order given.
-
-    Raises
-    ------
-    ValueError
-        On an item that is not ``NAME=VALUE`` or a name given twice.
-
-    Examples
-    --------
-    >>> parse_params(["clustering_threshold=0.8", "n_clusters=5", "flag=true", "name=foo"])
-    {'clustering_threshold': 0.8, 'n_clusters': 5, 'flag': True, 'name': 'foo'}
-    """
-    params: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name.isidentifier() or not value:
-            raise ValueError(f"clusterer param {item!r} should be NAME=VALUE")
-        if name in params:
-            raise ValueError(f"clusterer param {name!r} is given twice ({item!r})")
-        params[name] = _parse_value(value)
-    return params
 
 
 def _resolve(estimator: str) -> tuple[str, type]:
@@ -156,23 +109,29 @@ class RiverClusterer(Clusterer):
     :meth:`dumps` as a signed pickle.
 
     river learns one ``dict`` at a time, so :meth:`learn_predict` loops over the documents
-    of a batch: each row becomes ``{0: x0, 1: x1, ...}``, is learnt with ``learn_one`` and
-    then assigned with ``predict_one``. The public cluster id of a document is river's label
-    as an int64. A label of None or below 0 (river's DenStream answers -1 while it has no
-    cluster) makes the document an outlier with id -1, left out of the statistics.
+    of a batch: each row becomes ``{0: x0, 1: x1, ...}`` and is learnt with ``learn_one``
+    and assigned with ``predict_one`` (interleaved or not, see ``mode``). The public cluster
+    id of a document is river's label as an int64. A label of None or below 0 (river's
+    DenStream answers -1 when it has no cluster) makes the document an outlier with id -1,
+    left out of the statistics.
 
     **Ids are river's and are not guaranteed stable across reclusterings**, unlike
     topicstream's own clusterers, whose ids only change meaning through a reported merge.
-    DBSTREAM, for one, reclusters whenever ``predict_one`` follows a ``learn_one``, i.e.
-    once per document here: it relabels its macro-clusters 0, 1, 2, ... in the order of
-    their first (oldest surviving) micro-cluster among those of weight at least
-    ``minimum_weight``. So when a micro-cluster fades away in the cleanup, or micro-clusters
-    join or split macro-clusters, the later macro-clusters are renumbered and a label may
-    name another group of documents than it did one document earlier, even within a
-    batch. Before it has any macro-cluster DBSTREAM answers 0; it never answers an outlier.
-    DenStream likewise re-runs its DBSCAN at every ``predict_one`` and answers 0 for every
-    document of its first ``n_samples_init``; CluStream re-runs k-means over its
-    micro-clusters every ``time_gap`` documents. KMeans' labels are its fixed centres.
+    DBSTREAM reclusters at the first ``predict_one`` after a ``learn_one``: once per
+    document in mode ``"one"``, once per batch in mode ``"batch"``. Each reclustering
+    numbers the macro-clusters afresh, 0, 1, 2, ..., in the order of their oldest micro-
+    cluster (micro-clusters are visited in creation order, skipping those whose weight at
+    their last update is below ``minimum_weight``; each unlabelled one opens the next
+    label and takes its whole shared-density component with it). So when an old micro-
+    cluster is removed by the cleanup (every ``cleanup_interval`` documents), or two
+    macro-clusters become connected or disconnected, every later label shifts: label ``c``
+    may name another group of documents than it did one document (or batch) earlier.
+    Before it has any macro-cluster DBSTREAM answers 0; it never answers an outlier: a
+    document goes to the nearest macro-cluster centre however far it is. DenStream also
+    re-runs its DBSCAN at every ``predict_one`` (labels in the order of its potential
+    micro-clusters) and answers 0 for all documents until it has seen ``n_samples_init``;
+    CluStream re-runs k-means over its micro-clusters every ``time_gap`` documents. Only
+    KMeans' labels (its fixed centres) keep their meaning, though the centres move.
 
     Public statistics are kept per public id with no decay (``half_life`` is None): the
     vector sum, weight and count of the documents given the id, so :meth:`snapshot`
@@ -192,6 +151,11 @@ class RiverClusterer(Clusterer):
         cannot be saved or loaded.
     dim
         Width of the vectors; taken from the first batch when None.
+    mode
+        ``"one"``: each document is learnt, then assigned (``learn_one``, ``predict_one``),
+        river's prequential use. ``"batch"``: the whole batch is learnt, then assigned, so
+        every document of a batch is labelled by the same model; for DBSTREAM that is one
+        reclustering per batch instead of one per document (much faster).
 
     Examples
     --------
@@ -215,7 +179,11 @@ class RiverClusterer(Clusterer):
         params: dict[str, Any] | None = None,
         key: bytes | None = None,
         dim: int | None = None,
+        mode: str = "one",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} should be one of {', '.join(map(repr, MODES))}")
+        self.mode = mode
         self.estimator, self._cls = _resolve(estimator)
         self.params = dict(params or {})
         self.name = f"river:{self.estimator}"
@@ -298,13 +266,18 @@ class RiverClusterer(Clusterer):
             self._state = ClusterState.empty(d)
         keys = self._keys
         learn_one, predict_one = self.model.learn_one, self.model.predict_one
-        raw: list[int] = []
-        # river takes one dict at a time: this loop over documents cannot be avoided
-        for row in X.tolist():
-            x = dict(zip(keys, row, strict=True))
-            learn_one(x)
-            label = predict_one(x)
-            raw.append(-1 if label is None else int(label))
+        # river takes one dict at a time: these loops over documents cannot be avoided
+        docs = [dict(zip(keys, row, strict=True)) for row in X.tolist()]
+        if self.mode == "one":
+            labels = []
+            for x in docs:
+                learn_one(x)
+                labels.append(predict_one(x))
+        else:
+            for x in docs:
+                learn_one(x)
+            labels = self._predict_learnt(docs)
+        raw = [-1 if label is None else int(label) for label in labels]
         ids = np.asarray(raw, np.int64).reshape(n)
         placed = ids >= 0
         where = np.flatnonzero(placed)
@@ -330,6 +303,26 @@ class RiverClusterer(Clusterer):
             norms = np.linalg.norm(X[where], axis=1) * np.linalg.norm(c, axis=1)
             similarity[where] = dots / np.maximum(norms, 1e-12)
         return BatchResult(ids, similarity, is_new, ~placed, delta)
+
+    def _predict_learnt(self, docs: list[dict[int, float]]) -> list[Any]:
+        """``predict_one`` of each document, the model no longer learning (mode "batch").
+
+        river's DenStream re-runs its DBSCAN over all potential micro-clusters at every
+        ``predict_one`` (quadratic in their number) although nothing changed in between; it
+        is run once here, by the first call, and the other documents go to the nearest of
+        the clusters it produced, exactly what their own calls would answer. The other
+        estimators cache their clustering themselves.
+        """
+        model, predict_one = self.model, self.model.predict_one
+        if not docs:
+            return []
+        first = predict_one(docs[0])
+        nearest = getattr(model, "_get_closest_cluster_key", None)
+        if (self.estimator != "DenStream" or nearest is None or not model.initialized
+                or not isinstance(getattr(model, "clusters", None), dict)):
+            return [first] + [predict_one(x) for x in docs[1:]]
+        clusters = model.clusters
+        return [first] + [nearest(x, clusters) for x in docs[1:]]
 
     # -- saving ----------------------------------------------------------------------------
     def _require_key(self) -> bytes:
@@ -390,6 +383,10 @@ class RiverClusterer(Clusterer):
         if not hmac.compare_digest(signature, expected):
             raise StateSignatureError(_BAD_SIGNATURE)
         blob = pickle.loads(payload)  # signed by a holder of the key: trusted from here on
+        if not isinstance(blob, dict) or not {"estimator", "dim", "params", "model",
+                                              "state"} <= blob.keys():
+            raise ValueError(f"the signed state holds a {type(blob).__name__}, not a "
+                             f"river state written by dumps()")
         if blob["estimator"] != self.estimator:
             raise ValueError(f"the state holds a river:{blob['estimator']} model; this "
                              f"clusterer is {self.name}")
