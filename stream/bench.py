@@ -54,6 +54,9 @@ RIVER_PEERS: dict[str, dict[str, Any]] = {
                  "intersection_factor": 1.5},
     "DenStream": {"epsilon": 0.9, "n_samples_init": 1000, "decaying_factor": 0.01, "mu": 1.5},
 }
+# river's DenStream re-runs its offline clustering on every predict_one: past its initial
+# buffer it manages a few documents per second here, so it gets a shorter prefix
+RIVER_PEER_CAPS: dict[str, int] = {"DenStream": 1200}
 
 
 @dataclass
@@ -151,7 +154,7 @@ def river_peer(estimator: str, X: np.ndarray, labels: Sequence[str], batch_size:
                limit: int) -> Row:
     from stream.clustering.river_backend import RiverClusterer
 
-    n = min(limit, len(X))
+    n = min(limit, RIVER_PEER_CAPS.get(estimator, limit), len(X))
     clusterer = RiverClusterer(estimator, dict(RIVER_PEERS.get(estimator, {})))
     preds, _, seconds = run_clusterer(clusterer, X[:n], batch_size)
     note = "settings: " + ",".join(f"{k}={v}" for k, v in RIVER_PEERS.get(estimator, {}).items())

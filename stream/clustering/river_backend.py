@@ -7,9 +7,9 @@ pipeline as topicstream's own clusterers. What it keeps besides the river model 
 public view of the clusters as plain arrays (a :class:`ClusterState` with one row per
 public id), which is what keywords, inspection and the store read.
 
-A river model can only be saved by pickling it, and unpickling runs code. :meth:`RiverClusterer.dumps`
-therefore signs the pickle with HMAC-SHA256 under a configured key, and
-:meth:`RiverClusterer.loads` checks the signature (in constant time) *before* unpickling:
+A river model can only be saved by pickling it, and unpickling runs code.
+:meth:`RiverClusterer.dumps` therefore signs the pickle with HMAC-SHA256 under a configured
+key, and :meth:`RiverClusterer.loads` checks the signature (in constant time) *before* unpickling:
 data that was not written by a holder of the key is refused and never unpickled.
 """
 
@@ -60,8 +60,6 @@ _BAD_SIGNATURE = "river state signature does not match the configured key: refus
 
 class StateSignatureError(ValueError):
     """Signed river state that fails its check: it is refused and never unpickled."""
-
-
 
 
 def _resolve(estimator: str) -> tuple[str, type]:
@@ -145,7 +143,8 @@ class RiverClusterer(Clusterer):
         Class name in ``river.cluster`` (case-insensitive): one of
         :data:`SUPPORTED_ESTIMATORS`.
     params
-        Keyword arguments of the estimator's constructor (see :func:`parse_params`).
+        Keyword arguments of the estimator's constructor (from text:
+        :func:`stream.clustering.params.parse_params`).
     key
         Secret of at least 16 bytes that signs the saved state; without one the model
         cannot be saved or loaded.
