@@ -243,6 +243,7 @@ class Clusterer(ABC):
 
     name: str = "clusterer"
     half_life: float | None = None
+    next_id: int = 0
 
     @abstractmethod
     def learn_predict(self, X: np.ndarray) -> BatchResult:
@@ -263,6 +264,17 @@ class Clusterer(ABC):
     def set_id_allocator(self, allocate: IdAllocator | None) -> None:
         """Where new cluster ids come from (a shared counter when several workers run)."""
         self._allocate = allocate
+
+    def _new_ids(self, n: int) -> np.ndarray:
+        """``n`` new cluster ids: from the allocator when one is set, else from ``next_id``
+        (which then moves past them either way)."""
+        allocate: IdAllocator | None = getattr(self, "_allocate", None)
+        if allocate is not None:
+            ids = np.asarray(allocate(n), dtype=np.int64)
+        else:
+            ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id = max(self.next_id, int(ids.max()) + 1) if n else self.next_id
+        return ids
 
 
 def check_batch(X: np.ndarray, dim: int | None) -> np.ndarray:

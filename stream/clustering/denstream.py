@@ -296,14 +296,6 @@ class DenStream(Clusterer):
         self._norms[rows] = norms
         self._centres[rows] = s / np.maximum(norms, 1e-12)[:, None].astype(np.float32)
 
-    def _new_ids(self, n: int) -> np.ndarray:
-        if self._allocate is not None:
-            ids = np.asarray(self._allocate(n), dtype=np.int64)
-        else:
-            ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id = max(self.next_id, int(ids.max()) + 1) if n else self.next_id
-        return ids
-
     # -- pruning ---------------------------------------------------------------------------
     def _prune(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Delete the micro-clusters too light at stream time ``t``; returns the removed ids

@@ -168,14 +168,6 @@ class OnlineKMeans(Clusterer):
         norms = np.linalg.norm(s, axis=1, keepdims=True)
         self._centroids[rows] = s / np.maximum(norms, 1e-12)
 
-    def _new_ids(self, n: int) -> np.ndarray:
-        if self._allocate is not None:
-            ids = np.asarray(self._allocate(n), dtype=np.int64)
-        else:
-            ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id = max(self.next_id, int(ids.max()) + 1) if n else self.next_id
-        return ids
-
     # -- maintenance -----------------------------------------------------------------------
     def _merge_pairs(self) -> np.ndarray:
         """Row pairs (src, dst) to merge, by average linkage: the mean similarity between the
