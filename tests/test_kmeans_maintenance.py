@@ -71,21 +71,36 @@ def test_faded_clusters_are_removed_and_announced() -> None:
     assert old not in km.snapshot().ids
 
 
-def test_fixed_k_never_exceeds_k_and_reseeds_dead_slots_with_new_ids() -> None:
+def test_fixed_k_keeps_k_slots_flags_outliers_and_fades_dead_clusters() -> None:
+    """Spark's behaviour: with every slot taken, documents far from all centroids join the
+    nearest one flagged as outliers; clusters nobody feeds fade and are announced; a freed
+    slot is re-seeded by the next outliers with a new id."""
     rng = np.random.default_rng(0)
+    E = np.eye(5)
+
+    def batch(centres: list[int]) -> np.ndarray:
+        X = E[centres] + 0.05 * rng.normal(size=(len(centres), 5))
+        return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
     km = OnlineKMeans(threshold=0.9, k=3, half_life=20.0, min_weight=0.3, maintain_every=10)
-    seen: set[int] = set()
-    for step in range(30):
-        centre = [1.0, 0, 0, 0] if step < 15 else [0, 0, 0, 1.0]  # the stream moves on
-        X = unit([list(np.asarray(centre) + 0.05 * rng.normal(size=4)) for _ in range(10)])
-        res = km.learn_predict(X)
+    for _ in range(10):
+        km.learn_predict(batch([0, 1, 2] * 3))
+    first = set(km.snapshot().ids.tolist())
+    assert len(first) == 3
+    moved = km.learn_predict(batch([3] * 10))  # a story no slot fits
+    assert moved.is_outlier.all() and set(moved.cluster_ids.tolist()) <= first
+    assert len(moved.delta.new_ids) == 0 and km.n_clusters == 3
+    faded: list[int] = []
+    for _ in range(15):
+        faded += km.learn_predict(batch([3] * 10)).faded.tolist()
         assert km.n_clusters <= 3
-        seen |= set(res.cluster_ids.tolist())
-    state = km.snapshot()
-    # the old story faded; the new one got a slot with an id never used before
-    late = km.learn_predict(unit([[0, 0, 0, 1]]))
-    assert int(late.cluster_ids[0]) in state.ids
-    assert len(seen) >= 2 and km.n_clusters <= 3
+    assert len(faded) >= 1 and set(faded) <= first
+    assert not set(faded) & set(km.snapshot().ids.tolist())
+    # a freed slot: a new story is seeded in it under an id never used before
+    seeded = km.learn_predict(batch([4] * 5))
+    assert len(seeded.delta.new_ids) == 1 and int(seeded.delta.new_ids[0]) not in first
+    assert set(seeded.cluster_ids.tolist()) == set(seeded.delta.new_ids.tolist())
+    assert km.n_clusters <= 3
 
 
 def test_maintenance_deltas_keep_the_store_in_step() -> None:

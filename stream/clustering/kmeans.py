@@ -46,6 +46,9 @@ class OnlineKMeans(Clusterer):
       document joins its nearest one (those below ``threshold`` are flagged as outliers).
       Clusters that die (fade below ``min_weight``) free their slot, and the next outliers
       re-seed it as a new cluster with a new id, as Spark replaces dying clusters.
+      Beware: as in Spark, a cluster that keeps absorbing outliers drifts toward them, so
+      its id can come to mean a newer story without any announcement. Use threshold
+      creation (the default) where ids must keep their meaning.
 
     Parameters
     ----------
