@@ -358,14 +358,64 @@ def test_outputs_of_a_first_batch() -> None:
 
 
 def test_capacity_sends_novel_documents_to_the_nearest_micro_cluster() -> None:
+    """When every row is in use by the batch, the documents left over join their nearest
+    micro-cluster and are flagged as outliers."""
     ds = DenStream(eps=0.01, mu=4, beta=0.5, half_life=None, max_micro_clusters=2, dim=3)
     r = ds.learn_predict(unit([1, 0, 0], [0, 1, 0], [0.3, 1, 0]))
     assert ds.n_micro_clusters == 2
     assert r.cluster_ids.tolist() == [0, 1, 1]
     assert r.is_outlier.tolist() == [True, False, True]  # the last one: over capacity
-    r = ds.learn_predict(unit([0, 0, 1], [1, 0, 0.2]))
-    assert r.cluster_ids.tolist()[1] == 0 and r.is_outlier[0]
-    assert ds.n_micro_clusters == 2
+    assert r.delta.removed.size == 0
+
+
+def test_full_capacity_evicts_the_lightest_micro_cluster_not_joined() -> None:
+    """At capacity, a new micro-cluster takes the place of the lightest one (decayed
+    weight) that no document of the batch joined; the eviction is a reported removal."""
+    e = np.eye(4, dtype=np.float32)
+    # weights at t=10: row 0 3, row 1 2 * 2^-0.1 (light and updated at t=9), row 2 2
+    state = ClusterState(
+        dim=4, ids=np.array([5, 6, 7]), sums=(e[:3] * np.array([[3.0], [2.0], [2.0]])).astype(np.float32),
+        weights=np.array([3.0, 2.0, 2.0]), counts=np.array([3, 2, 2]),
+        last_t=np.array([10.0, 9.0, 10.0]), created_t=np.zeros(3), labels=np.array([5, 6, 5]),
+        n_docs=10, next_id=8)
+    ds = DenStream(eps=0.05, mu=2, beta=0.75, half_life=10.0, max_micro_clusters=3)
+    ds.restore(state)
+    before = ds.snapshot()
+    r = ds.learn_predict(np.stack([e[1], e[3]]))  # joins row 1; e3 needs a new row
+    # row 1 is joined, so the lightest row not joined, row 2 (2 * 2^-0.2 < 3 * 2^-0.2), goes
+    assert r.delta.removed.tolist() == [7]
+    assert r.faded.size == 0  # label 5 lives on in row 0
+    assert r.cluster_ids.tolist() == [6, 8] and r.is_new_cluster.tolist() == [False, True]
+    after = ds.snapshot()
+    assert sorted(after.ids.tolist()) == [5, 6, 8] and ds.n_micro_clusters == 3
+    assert_same_state(apply_delta(before, r.delta, 10.0), after)
+    r = ds.learn_predict(e[2][None, :])  # full again: the lightest not joined is row 8
+    assert r.delta.removed.tolist() == [8] and r.faded.tolist() == [8]
+
+
+def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> None:
+    """A document that fits no micro-cluster but lies within 2 eps of a p-micro-cluster's
+    centre is labelled with that cluster; its weight goes to a new o-micro-cluster, which
+    keeps its own label. Farther than 2 eps, the document keeps the new label."""
+    eps = 0.1
+    ds = DenStream(eps=eps, mu=3, beta=0.5, half_life=None)
+    members = np.stack([at_angle(25), at_angle(-25)])  # radius 1 - cos 25 = 0.094, w=2
+    ds.restore(ClusterState(
+        dim=2, ids=np.array([0]), sums=members.sum(0, keepdims=True), weights=np.array([2.0]),
+        counts=np.array([2]), last_t=np.array([2.0]), created_t=np.zeros(1), n_docs=2, next_id=1))
+    assert ds.n_micro_clusters == 1 and ds.potential().tolist() == [True]
+    for deg, border in ((35.0, True), (40.0, False)):
+        x = at_angle(deg)
+        assert float(cosine_radius(members.sum(0) + x, 3.0)) > eps  # fits no micro-cluster
+        assert (1 - math.cos(math.radians(deg)) <= 2 * eps) == border  # 0.181 and 0.234
+        probe = DenStream(eps=eps, mu=3, beta=0.5, half_life=None)
+        probe.restore(ds.snapshot())
+        r = probe.learn_predict(x[None, :])
+        s = probe.snapshot()
+        assert len(s) == 2 and s.row_labels.tolist() == [0, 1]  # a new row, its own label
+        assert r.delta.new_ids.tolist() == [1] and r.is_outlier.tolist() == [True]
+        assert r.cluster_ids.tolist() == ([0] if border else [1])
+        assert r.is_new_cluster.tolist() == [not border]
 
 
 def test_id_allocator_is_used() -> None:
