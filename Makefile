@@ -21,6 +21,10 @@ system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
 	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian package: promtool lints the exported metrics)"; \
+	  apt-get install -y -qq prometheus >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/topicstream demo

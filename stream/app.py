@@ -77,14 +77,16 @@ def build_store(cfg: Config) -> StateStore:
     if not cfg.redis_url:
         from stream.state.memory import MemoryStore
 
-        return MemoryStore(half_life=cfg.half_life, snapshot_path=cfg.state_file)
+        return MemoryStore(half_life=cfg.half_life, snapshot_path=cfg.state_file,
+                           topic_params=cfg.topic_params())
     import redis
 
     from stream.state.redis_store import RedisStore, redact
 
     client = redis.Redis.from_url(cfg.redis_url, password=cfg.redis_password or None,
                                   socket_timeout=5.0, socket_connect_timeout=5.0)
-    store = RedisStore(cfg.redis_url, model=cfg.model, half_life=cfg.half_life, client=client)
+    store = RedisStore(cfg.redis_url, model=cfg.model, half_life=cfg.half_life, client=client,
+                       topic_params=cfg.topic_params())
     try:
         store.ping()
     except StoreUnavailable as exc:
@@ -141,8 +143,13 @@ class Built:
 
 
 def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any = None,
-                 metrics: Metrics | None = None, encoder: Encoder | None = None) -> Built:
-    """A worker for ``cfg``: Kafka in and out, or ``input_file`` in and ``sink`` out."""
+                 metrics: Metrics | None = None, encoder: Encoder | None = None,
+                 replay_docs_per_s: float | None = None) -> Built:
+    """A worker for ``cfg``: Kafka in and out, or ``input_file`` in (stamped at
+    ``replay_docs_per_s`` when given, see :class:`~stream.source.FileSource`) and ``sink``
+    out."""
+    from stream.drift import DriftMonitor
+    from stream.topics import TopicTracker
     from stream.worker import Worker
 
     metrics = metrics or Metrics()
@@ -160,7 +167,9 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         encoder=encoder, clusterer=clusterer, store=store, rules=input_rules(cfg),
         model_name=f"{cfg.clusterer}/{encoder.name}", batch_size=cfg.batch_size,
         max_wait_ms=cfg.max_wait_ms, metrics=metrics, refresh_interval_s=cfg.refresh_interval_s,
-        log_interval_s=cfg.log_interval_s, exit_when_idle=cfg.exit_when_idle)
+        log_interval_s=cfg.log_interval_s, exit_when_idle=cfg.exit_when_idle,
+        topics=TopicTracker(cfg.topic_params()),
+        drift=DriftMonitor(cfg.drift_window, cfg.drift_threshold))
     if input_file is not None:
         from stream.sink import FileSink
         from stream.source import FileSource
@@ -168,7 +177,7 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         probe = FileSource(input_file)
         stored = store.load_offsets([probe.tp]).get(probe.tp, 0)
         probe.close()
-        file_source = FileSource(input_file, start=stored)
+        file_source = FileSource(input_file, start=stored, replay_docs_per_s=replay_docs_per_s)
         worker = Worker(source=file_source, sink=sink or FileSink("-"), **common)
         if stored:
             worker.expected[file_source.tp] = stored

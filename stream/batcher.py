@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from stream.contracts import BadRecord, Document, Record, TopicPartition
+from stream.topics import tokenize
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def decode_record(record: Record, rules: InputRules) -> Document | BadRecord:
         record=record,
         meta=meta,
         label=None if label is None else str(label),
+        tokens=tokenize(cleaned),
     )
 
 

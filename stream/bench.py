@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``topicstream bench quality``.
+"""Benchmarks that print figures: ``topicstream bench quality`` and ``bench emerging``.
 
 ``bench quality`` streams a labelled JSONL file in its order, in micro-batches, through the
 encoder once, then through each clusterer on the same embeddings, and scores the cluster
@@ -10,6 +10,10 @@ the river backend (on the first ``peer_limit`` documents when that is fewer than
 stream, and the row says so), and scikit-learn's ``MiniBatchKMeans.partial_fit`` with the
 true number of topics (BERTopic's online recipe). The published and reference figures of
 MStream (Yin et al., KDD 2018) are printed beside them for the two news streams.
+
+``bench emerging`` streams a labelled file through the worker itself (file source, the
+in-memory store, a sink that keeps what is published) and scores its ``emerging_topic``
+events against the true topics with :func:`score_emerging`.
 """
 
 from __future__ import annotations
@@ -200,3 +204,101 @@ def print_table(rows: list[Row], title: str, out: Any) -> None:
 
 def rows_as_json(rows: list[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+# -- bench emerging ---------------------------------------------------------------------------
+class CollectingSink:
+    """A sink that keeps what the worker publishes, in order, as decoded JSON. Each event is
+    stamped with ``_published_at``: the stream position (source offset) of the last
+    assignment published before it, i.e. the end of its batch."""
+
+    def __init__(self) -> None:
+        self.assignments: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.dlq: list[dict[str, Any]] = []
+
+    def send(self, kind: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        out = getattr(self, kind)
+        for _, value in messages:
+            obj = json.loads(value)
+            if kind == "events":
+                last = self.assignments[-1]["source"]["offset"] if self.assignments else -1
+                obj["_published_at"] = last
+            out.append(obj)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class EmergingAlert:
+    cluster_id: int
+    topic: str | None  # majority label of the cluster's documents (after announced merges)
+    trigger: int  # stream position of the document that made the cluster cross
+    published_at: int  # stream position of the end of the batch that published the alert
+    first_of_topic: bool  # the first alert that points at this topic
+    delay_docs: int | None  # documents of the topic up to the trigger, for a first alert
+    keywords: list[str]
+
+
+def score_emerging(labels: Sequence[str], arrival: Sequence[int], merges: Sequence[tuple[int, int]],
+                   events: Sequence[dict[str, Any]], min_topic_docs: int = 20
+                   ) -> tuple[dict[str, Any], list[EmergingAlert]]:
+    """Score ``emerging_topic`` events against the true topics of a labelled stream.
+
+    A true topic with at least ``min_topic_docs`` documents is *detected* when an alert names
+    a cluster whose majority label (over the documents assigned to it, ids followed through
+    the announced merges) is that topic; its delay is the number of that topic's documents
+    up to and including the one that triggered the first such alert. Precision is the share
+    of alerts that point at a topic no earlier alert pointed at.
+    """
+    final = follow_merges(arrival, merges)
+    members: dict[int, list[str]] = {}
+    for c, y in zip(final, labels, strict=True):
+        members.setdefault(c, []).append(y)
+    majority = {c: max(set(ys), key=lambda v: (ys.count(v), v)) for c, ys in members.items()}
+    into = dict(zip(arrival, final, strict=True))
+    sizes: dict[str, int] = {}
+    for y in labels:
+        sizes[y] = sizes.get(y, 0) + 1
+    evaluated = {y for y, n in sizes.items() if n >= min_topic_docs}
+    positions: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        positions.setdefault(y, []).append(i)
+    alerts: list[EmergingAlert] = []
+    seen: set[str] = set()
+    for e in sorted((e for e in events if e["type"] == "emerging_topic"),
+                    key=lambda e: e["source"]["offset"]):
+        cid = into.get(int(e["cluster_id"]), int(e["cluster_id"]))
+        topic = majority.get(cid)
+        trigger = int(e["source"]["offset"])
+        first = topic is not None and topic not in seen
+        delay = None
+        if first and topic is not None:
+            seen.add(topic)
+            delay = int(np.searchsorted(positions[topic], trigger, side="right"))
+        alerts.append(EmergingAlert(int(e["cluster_id"]), topic, trigger, int(e["_published_at"]),
+                                    first, delay, list(e.get("keywords", []))))
+    detected = [a for a in alerts if a.first_of_topic and a.topic in evaluated]
+    delays = np.array([a.delay_docs for a in detected], np.float64)
+    at_publish = np.array([np.searchsorted(positions[str(a.topic)], a.published_at, side="right")
+                           for a in detected], np.float64)
+
+    def pct(x: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(x, q)), 1) if x.size else None
+
+    report = {
+        "recall": round(len(detected) / max(len(evaluated), 1), 4),
+        "precision": round(sum(a.first_of_topic for a in alerts) / len(alerts), 4) if alerts else None,
+        "median_delay_docs": pct(delays, 50),
+        "p90_delay_docs": pct(delays, 90),
+        "median_delay_docs_at_publish": pct(at_publish, 50),
+        "p90_delay_docs_at_publish": pct(at_publish, 90),
+        "alerts": len(alerts),
+        "topics_evaluated": len(evaluated),
+        "topics_detected": len(detected),
+    }
+    return report, alerts

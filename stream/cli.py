@@ -281,9 +281,84 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_emerging(args: argparse.Namespace) -> int:
+    from stream import bench
+    from stream.app import build_worker
+
+    cfg = _config(args)
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    if args.docs_per_second <= 0:
+        raise CliError(f"--docs-per-second={args.docs_per_second} should be > 0")
+    data = bench.read_dataset(path, cfg.text_field, cfg.label_field)
+    sink = bench.CollectingSink()
+    built = build_worker(cfg, input_file=path, sink=sink, replay_docs_per_s=args.docs_per_second)
+    merges: list[tuple[int, int]] = []
+    progress = Progress(f"bench emerging {path.name}", len(data.texts))
+
+    def on_assigned(docs: Any, result: Any) -> None:
+        merges.extend((int(a), int(b)) for a, b in result.merged.tolist())
+        progress.update(built.worker.stats.docs + len(docs))
+
+    built.worker.on_assigned = on_assigned
+    start = time.monotonic()
+    try:
+        built.worker.run()
+    finally:
+        built.close()
+    progress.done()
+    if sink.dlq or len(sink.assignments) != len(data.texts):
+        raise CliError(f"{path}: {len(sink.dlq)} records went to the DLQ; bench emerging needs "
+                       "every line to be a valid labelled document")
+    arrival = [0] * len(data.texts)
+    for a in sink.assignments:
+        arrival[int(a["source"]["offset"])] = int(a["cluster_id"])
+    report, alerts = bench.score_emerging(data.labels, arrival, merges, sink.events,
+                                          args.min_topic_docs)
+    report.update(dataset=path.name, documents=len(data.texts), clusterer=cfg.clusterer,
+                  encoder=built.worker.encoder.name, docs_per_second_replayed=args.docs_per_second,
+                  seconds=round(time.monotonic() - start, 1))
+    print(f"bench emerging: {path.name}, {len(data.texts)} documents replayed at "
+          f"{args.docs_per_second:g} docs/s of stream time; {cfg.clusterer}, {report['encoder']}; "
+          f"bucket {cfg.emerging_bucket_s:g} s, min_count {cfg.emerging_min_count}, "
+          f"z {cfg.emerging_z:g}")
+    print(f"  topics with {args.min_topic_docs}+ documents: {report['topics_evaluated']}, "
+          f"detected {report['topics_detected']} (recall {report['recall']:.3f})")
+    print(f"  alerts: {report['alerts']}, precision {_fmt(report['precision'], '.3f')}")
+    print(f"  delay in documents of the topic, at the triggering document: median "
+          f"{_fmt(report['median_delay_docs'], 'g')}, p90 {_fmt(report['p90_delay_docs'], 'g')}; "
+          f"at the end of its batch: median {_fmt(report['median_delay_docs_at_publish'], 'g')}, "
+          f"p90 {_fmt(report['p90_delay_docs_at_publish'], 'g')}")
+    shown = alerts[: args.show]
+    if shown:
+        print(f"  {'cluster':>7} {'topic':>6} {'at doc':>7} {'first':>5} {'delay':>5}  keywords")
+        for al in shown:
+            print(f"  {al.cluster_id:>7} {str(al.topic):>6} {al.trigger:>7} "
+                  f"{'yes' if al.first_of_topic else 'no':>5} {_fmt(al.delay_docs, 'd'):>5}  "
+                  f"{', '.join(al.keywords[:6])}")
+        if len(alerts) > len(shown):
+            print(f"  ... {len(alerts) - len(shown)} more (--show N, or --json)")
+    if args.json:
+        payload = json.dumps({**report, "alert_list": [dataclasses.asdict(a) for a in alerts]},
+                             indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            Path(args.json).write_text(payload + "\n")
+    return 0
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 # -- inspect -------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from stream.app import build_store
+    from stream.topics import TopicTracker
 
     cfg = _config(args)
     if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
@@ -292,20 +367,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     state = store.load_state()
     if state is None:
         raise CliError(f"model {cfg.model!r} has no state in the store")
-    weights = state.weights_at(state.n_docs, cfg.half_life)
-    order = weights.argsort()[::-1][: args.top]
-    rows = [{"id": int(state.ids[i]), "weight": round(float(weights[i]), 3),
-             "size": int(state.counts[i]), "last_seen": int(state.last_t[i]),
-             "created": int(state.created_t[i])} for i in order]
-    if args.json:
-        print(json.dumps({"model": cfg.model, "documents": state.n_docs, "clusters": len(state),
-                          "version": state.version, "top": rows}, indent=2))
-        return 0
-    print(f"model {cfg.model}: {len(state)} clusters, {state.n_docs} documents, version {state.version}")
-    print(f"{'id':>6} {'weight':>9} {'size':>6} {'created':>8} {'last seen':>9}   (stream time in documents)")
-    for r in rows:
-        print(f"{r['id']:>6} {r['weight']:>9.1f} {r['size']:>6} {r['created']:>8} {r['last_seen']:>9}")
+    tracker = TopicTracker(cfg.topic_params())
+    tracker.restore(store.load_topics(), state.n_docs)
     store.close()
+    # a public cluster is every row carrying its label (one row for kmeans, several for DenStream)
+    labels, inv = np.unique(state.row_labels, return_inverse=True)
+    weights = np.bincount(inv, state.weights_at(state.n_docs, cfg.half_life), len(labels))
+    sizes = np.bincount(inv, state.counts, len(labels)).astype(np.int64)
+    created = np.full(len(labels), np.inf)
+    np.minimum.at(created, inv, state.created_t)
+    last = np.full(len(labels), -np.inf)
+    np.maximum.at(last, inv, state.last_t)
+    order = weights.argsort()[::-1][: args.top]
+    keywords = tracker.keywords(labels[order].tolist())
+    rows: list[dict[str, Any]] = [{"id": int(labels[i]), "weight": round(float(weights[i]), 3), "size": int(sizes[i]),
+             "created": int(created[i]), "last_seen": int(last[i]),
+             "keywords": keywords.get(int(labels[i]), []),
+             "exemplars": tracker.exemplars(int(labels[i]), args.exemplars)} for i in order]
+    if args.json:
+        print(json.dumps({"model": cfg.model, "documents": state.n_docs, "clusters": len(labels),
+                          "version": state.version, "top": rows}, indent=2, ensure_ascii=False))
+        return 0
+    print(f"model {cfg.model}: {len(labels)} clusters, {state.n_docs} documents, "
+          f"version {state.version} (stream time in documents)")
+    for r in rows:
+        print(f"cluster {r['id']:>5}  weight {r['weight']:>8.1f}  size {r['size']:>5}  created "
+              f"{r['created']:>6}  last seen {r['last_seen']:>6}  {', '.join(r['keywords'])}")
+        for text in r["exemplars"]:
+            print(f"    - {text[:110]}")
     return 0
 
 
@@ -361,10 +450,28 @@ def build_parser() -> argparse.ArgumentParser:
                                "maintain_every", "clusterer_params", "text_field", "label_field"))
     q.set_defaults(func=cmd_bench_quality)
 
+    q = bsub.add_parser("emerging", help="emerging-topic alerts on a labelled JSONL stream: "
+                        "recall, precision and delay against the true topics")
+    q.add_argument("--dataset", required=True, metavar="PATH", help="labelled JSONL, in stream order")
+    q.add_argument("--docs-per-second", type=float, default=1.0,
+                   help="stream-time rate given to documents without a ts of their own (default 1)")
+    q.add_argument("--min-topic-docs", type=int, default=20,
+                   help="true topics with fewer documents are not evaluated (default 20)")
+    q.add_argument("--show", type=int, default=40, help="alerts to list (default 40)")
+    q.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout)")
+    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "batch_size", "clusterer",
+                               "threshold", "merge_threshold", "max_clusters", "half_life",
+                               "clusterer_params", "text_field", "label_field", "keyword_capacity",
+                               "n_keywords", "emerging_bucket_s", "emerging_alpha",
+                               "emerging_min_count", "emerging_z", "emerging_novelty"))
+    q.set_defaults(func=cmd_bench_emerging)
+
     p = sub.add_parser("inspect", help="show the clusters in a state store")
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--top", type=int, default=20, help="largest clusters to show (default 20)")
+    p.add_argument("--exemplars", type=int, default=2, help="exemplar documents per cluster")
     p.add_argument("--json", action="store_true")
-    _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life"))
+    _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life",
+                               "n_keywords"))
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", help="embedded broker and Redis, a sample stream, the topics found")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from stream.topics import TopicParams
+
 ENV_PREFIX = "TOPICSTREAM_"
 SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "state_key")
 
@@ -72,6 +74,19 @@ class Config:
     min_weight: float = 0.05  # decayed weight below which a cluster fades
     maintain_every: int = 1000  # documents between maintenance passes (merge, fade)
     state_key: str | None = None  # HMAC key that signs a river model's pickled state
+    # topics: keywords, exemplars, emerging topics (stream.topics)
+    keyword_capacity: int = 32  # terms kept per cluster
+    vocabulary_capacity: int = 4096  # terms kept over all clusters (the IDF side)
+    n_keywords: int = 8
+    n_exemplars: int = 5
+    emerging_bucket_s: float = 300.0  # stream-time bucket of the emerging-topic detector
+    emerging_alpha: float = 0.2  # weight of the newest bucket in a cluster's baseline
+    emerging_min_count: int = 6  # documents in one bucket before a cluster can emerge
+    emerging_z: float = 3.0  # score over the cluster's own baseline to emerge
+    emerging_novelty: float = 0.5  # max cosine to an announced cluster's centroid (1: no test)
+    # drift (stream.drift)
+    drift_window: int = 1000  # documents per drift window
+    drift_threshold: float = 0.5  # Jensen-Shannon divergence (bits) that raises a drift event
     # operations
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0: no HTTP server
@@ -110,13 +125,28 @@ class Config:
             (self.refresh_interval_s > 0, f"refresh_interval_s={self.refresh_interval_s} should be > 0"),
             (self.exit_when_idle is None or self.exit_when_idle > 0,
              f"exit_when_idle={self.exit_when_idle} should be > 0"),
+            (self.drift_window >= 2, f"drift_window={self.drift_window} should be >= 2"),
+            (0.0 < self.drift_threshold <= 1.0,
+             f"drift_threshold={self.drift_threshold} should be > 0 and <= 1 (bits)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            self.topic_params()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"redis_url={self.redis_url!r} should start with redis://, rediss:// or unix://")
         return self
+
+    def topic_params(self) -> TopicParams:
+        return TopicParams(
+            keyword_capacity=self.keyword_capacity, vocabulary_capacity=self.vocabulary_capacity,
+            n_keywords=self.n_keywords, n_exemplars=self.n_exemplars, half_life=self.half_life,
+            bucket_s=self.emerging_bucket_s, alpha=self.emerging_alpha,
+            min_count=self.emerging_min_count, z_threshold=self.emerging_z,
+            novelty=self.emerging_novelty)
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as a dict fit for a log line (secrets and URL passwords hidden)."""

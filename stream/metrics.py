@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-STAGES = ("poll", "decode", "encode", "cluster", "publish", "commit")
+SIMILARITY_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+STAGES = ("poll", "decode", "encode", "topics", "cluster", "publish", "commit")
 
 
 class Metrics:
@@ -55,5 +56,38 @@ class Metrics:
                                    "Commits applied to the shared model.", registry=r)
         self.assigned_partitions = Gauge("topicstream_assigned_partitions",
                                          "Input partitions this worker owns.", registry=r)
+        # topics and drift (stream.topics, stream.drift); windows are counted in documents
+        self.emerging = Counter("topicstream_emerging_topics_total",
+                                "Clusters announced as emerging topics.", registry=r)
+        self.similarity = Histogram("topicstream_assignment_similarity",
+                                    "Cosine of each document to the centroid it was assigned to.",
+                                    buckets=SIMILARITY_BUCKETS, registry=r)
+        self.drift_similarity = Gauge("topicstream_drift_similarity_mean",
+                                      "Mean similarity to the assigned centroid, last window.",
+                                      registry=r)
+        self.drift_outliers = Gauge("topicstream_drift_outlier_ratio",
+                                    "Share of documents flagged as outliers, last window.",
+                                    registry=r)
+        self.drift_new = Gauge("topicstream_drift_new_cluster_ratio",
+                               "Share of documents that opened a cluster, last window.",
+                               registry=r)
+        self.drift_movement = Gauge("topicstream_drift_centroid_movement",
+                                    "Weighted mean cosine distance centroids moved, last window.",
+                                    registry=r)
+        self.drift_divergence = Gauge(
+            "topicstream_drift_cluster_share_js_divergence",
+            "Jensen-Shannon divergence (base 2, 0 to 1) between the cluster shares of the last "
+            "two windows.",
+            registry=r)
+        self.drift_shift = Gauge("topicstream_drift_embedding_mean_shift",
+                                 "Cosine distance between the mean embeddings of the last two "
+                                 "windows.", registry=r)
+        self.drift_nmi = Gauge("topicstream_drift_window_nmi",
+                               "NMI of the last window's assignments against document labels "
+                               "(only when every document carried one).", registry=r)
+        self.drift_windows = Counter("topicstream_drift_windows_total",
+                                     "Drift windows closed.", registry=r)
+        self.drift_events = Counter("topicstream_drift_events_total",
+                                    "Windows whose divergence crossed drift_threshold.", registry=r)
         for stage in STAGES:
             self.stage_seconds.labels(stage)

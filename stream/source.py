@@ -139,9 +139,18 @@ class KafkaSource:
 class FileSource:
     """Records from a JSONL file (one record per line) or a CSV file (one per row, turned into
     a JSON object), as partition 0 of a pseudo-topic named after the file; offset = line
-    number. ``exhausted`` turns True at the end of the file."""
+    number. ``exhausted`` turns True at the end of the file.
 
-    def __init__(self, path: str | Path, start: int = 0) -> None:
+    ``replay_docs_per_s`` stamps each record as if the file had arrived at that rate
+    (record ``n`` at ``n / replay_docs_per_s`` seconds of stream time), for files whose
+    documents carry no ``ts`` of their own; without it records have no timestamp and
+    documents without ``ts`` take the time they are read."""
+
+    def __init__(self, path: str | Path, start: int = 0,
+                 replay_docs_per_s: float | None = None) -> None:
+        if replay_docs_per_s is not None and not replay_docs_per_s > 0:
+            raise ValueError(f"replay_docs_per_s={replay_docs_per_s} should be > 0")
+        self.replay_docs_per_s = replay_docs_per_s
         self.path = Path(path)
         self.topic = self.path.name
         self.tp = TopicPartition(self.topic, 0)
@@ -177,7 +186,9 @@ class FileSource:
                 break
             if not value.strip():
                 continue  # blank lines are not records
-            out.append(Record(self.topic, 0, offset, value))
+            stamp = (None if self.replay_docs_per_s is None
+                     else int(offset * 1000.0 / self.replay_docs_per_s))
+            out.append(Record(self.topic, 0, offset, value, timestamp_ms=stamp))
         return out
 
     def take_reset_partitions(self) -> set[TopicPartition]:

@@ -5,13 +5,18 @@ Commit order, for every micro-batch
 1. **Poll** a micro-batch (at most ``batch_size`` records, at most ``max_wait_ms``).
 2. **Decode** each record; bad ones become DLQ records (their offsets still advance).
 3. **Encode** the valid texts and **cluster** them on the local replica of the model,
-   which yields the assignments and the batch *delta*.
-4. **Publish** assignments, topic events (``cluster_created``, and ``clusters_merged`` /
-   ``cluster_faded`` when the batch ran maintenance) and DLQ records, then **flush** the
-   producer: nothing goes further until the broker acknowledged all of them.
-5. **Commit** to the state store, atomically: the delta and, for each partition in the
-   batch, the move from the offset stored when the batch began to last offset + 1,
-   guarded by a compare-and-set on the former.
+   which yields the assignments and the batch *delta*; then the **topics** of the replica
+   learn the batch (keywords, exemplars, emerging-topic counters: the *topic delta*) and
+   the drift monitor takes it in.
+4. **Publish** assignments (with their cluster's keywords), topic events
+   (``cluster_created``; ``emerging_topic`` for a cluster that crossed the detector's
+   threshold in this batch; ``clusters_merged`` / ``cluster_faded`` when the batch ran
+   maintenance; ``drift`` when a drift window closed above the threshold) and DLQ
+   records, then **flush** the producer: nothing goes further until the broker
+   acknowledged all of them.
+5. **Commit** to the state store, atomically: the delta, the topic delta and, for each
+   partition in the batch, the move from the offset stored when the batch began to last
+   offset + 1, guarded by a compare-and-set on the former.
 6. Mirror the new offsets into Kafka's group offsets (best effort, for lag tools only).
 
 What follows from it:
@@ -20,6 +25,9 @@ What follows from it:
   offsets by whoever owns them next, so no input is lost and the state counts each document
   once. Whatever it published in 4 is published again: output is at-least-once, keyed by
   document id, so consumers can de-duplicate.
+- An ``emerging_topic`` event is decided on the replica and marked in the topic delta, so
+  the cluster is announced once; it is published before the commit, so a worker killed in
+  between announces it again after the re-read (at-least-once, like every output).
 - A commit refused in 5 (another worker moved one of the partitions: this worker is a
   zombie back from a pause) drops the batch: the local replica is reloaded from the store
   and the partitions are sought back to their stored offsets. The refusal is counted in
@@ -41,7 +49,7 @@ import numpy as np
 
 from encoders import Encoder
 from stream.batcher import InputRules, MicroBatcher, RecordSource, decode_batch, next_offsets
-from stream.clustering.base import BatchResult, Clusterer, ClusterState, Delta
+from stream.clustering.base import BatchResult, Clusterer, ClusterState, Delta, sum_rows_by
 from stream.contracts import (
     BadRecord,
     Document,
@@ -51,8 +59,10 @@ from stream.contracts import (
     dlq_message,
     event_message,
 )
+from stream.drift import Centroids, DriftMonitor, DriftWindow
 from stream.metrics import Metrics
 from stream.state import NO_OFFSET, CommitRejected, OffsetMove, StateStore, StoreUnavailable
+from stream.topics import Emergence, TopicDelta, TopicTracker
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +102,8 @@ class Worker:
         exit_when_idle: float | None = None,
         on_committed: Callable[[dict[TopicPartition, int]], None] | None = None,
         on_assigned: Callable[[list[Document], BatchResult], None] | None = None,
+        topics: TopicTracker | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.source = source
         self.encoder = encoder
@@ -107,6 +119,8 @@ class Worker:
         self.exit_when_idle = exit_when_idle
         self.on_committed = on_committed
         self.on_assigned = on_assigned  # called with each committed batch's documents and result
+        self.topics = topics or TopicTracker()
+        self.drift = drift or DriftMonitor()
         self.stop_event = threading.Event()
         self.stats = WorkerStats()
         self.expected: dict[TopicPartition, int] = {}  # offsets as stored, per owned partition
@@ -134,6 +148,7 @@ class Worker:
         """Replace the local replica with the stored model."""
         state = self.store.load_state()
         self.clusterer.restore(state or ClusterState.empty(self.encoder.dim))
+        self.topics.restore(self.store.load_topics(), state.n_docs if state else 0)
         self.synced_version = state.version if state else 0
         self.stale = False
         self.last_refresh = time.monotonic()
@@ -162,18 +177,30 @@ class Worker:
         moves = [OffsetMove(tp, self.expected.get(tp, NO_OFFSET), new)
                  for tp, new in next_offsets(records).items()]
         result: BatchResult | None = None
+        topic_delta: TopicDelta | None = None
+        emerged: list[Emergence] = []
+        windows: list[DriftWindow] = []
         if docs:
             X = self.encoder.encode([d.text for d in docs])
             t2 = time.perf_counter()
             result = self.clusterer.learn_predict(X)
+            t3 = time.perf_counter()
+            topic_delta, emerged = self.topics.learn(
+                [d.tokens for d in docs], [d.id for d in docs], [d.text for d in docs],
+                np.fromiter((d.ts for d in docs), np.float64, len(docs)), result.cluster_ids,
+                result.similarity, float(getattr(self.clusterer, "n_docs", 0)),
+                merged=result.merged, faded=result.faded, centroids=self._label_centroids)
+            windows = self.drift.observe(X, result.cluster_ids, result.similarity,
+                                         result.is_outlier, result.is_new_cluster,
+                                         [d.label for d in docs], self._centroids)
         else:
-            t2 = time.perf_counter()
-        t3 = time.perf_counter()
-        self._publish(docs, bad, result)
+            t2 = t3 = time.perf_counter()
+        t35 = time.perf_counter()
+        self._publish(docs, bad, result, emerged, windows)
         t4 = time.perf_counter()
         delta = result.delta if result is not None else Delta.empty(self.encoder.dim)
         try:
-            committed = self.store.commit(delta, moves)
+            committed = self.store.commit(delta, moves, topic_delta)
         except CommitRejected as exc:
             m.commits_rejected.inc()
             self.stats.rejected += 1
@@ -200,7 +227,7 @@ class Worker:
             self.on_assigned(docs, result)
         # metrics
         for stage, seconds in (("decode", t1 - t0), ("encode", t2 - t1), ("cluster", t3 - t2),
-                               ("publish", t4 - t3), ("commit", t5 - t4)):
+                               ("topics", t35 - t3), ("publish", t4 - t35), ("commit", t5 - t4)):
             m.stage_seconds.labels(stage).observe(seconds)
         m.docs_in.inc(len(records))
         m.docs_out.inc(len(docs))
@@ -212,6 +239,11 @@ class Worker:
             m.clusters_created.inc(len(result.delta.new_ids))
             m.clusters_merged.inc(len(result.merged))
             m.clusters_faded.inc(len(result.faded))
+            for v in result.similarity.tolist():
+                m.similarity.observe(v)
+        m.emerging.inc(len(emerged))
+        for w in windows:
+            self._export_drift(w)
         m.clusters.set(self.clusterer.n_clusters)
         m.model_version.set(committed.version)
         self.stats.batches += 1
@@ -219,31 +251,85 @@ class Worker:
         self.stats.bad += len(bad)
         return True
 
-    def _publish(self, docs: list[Document], bad: list[BadRecord], result: BatchResult | None) -> None:
+    def _centroids(self) -> Centroids:
+        state = self.clusterer.snapshot()
+        norms = np.linalg.norm(state.sums, axis=1, keepdims=True)
+        return (state.ids, state.sums / np.maximum(norms, 1e-12),
+                state.weights_at(state.n_docs, self.clusterer.half_life))
+
+    def _label_centroids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Public cluster ids and their unit centroids (the rows of a label summed)."""
+        state = self.clusterer.snapshot()
+        labels, sums, _ = sum_rows_by(state.row_labels, state.sums)
+        return labels, sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+    def _export_drift(self, w: DriftWindow) -> None:
+        m = self.metrics
+        m.drift_windows.inc()
+        m.drift_similarity.set(w.similarity_mean)
+        m.drift_outliers.set(w.outlier_ratio)
+        m.drift_new.set(w.new_cluster_ratio)
+        for gauge, value in ((m.drift_movement, w.centroid_movement),
+                             (m.drift_divergence, w.divergence),
+                             (m.drift_shift, w.embedding_shift), (m.drift_nmi, w.nmi)):
+            if value is not None:
+                gauge.set(value)
+        if w.drifted:
+            m.drift_events.inc()
+
+    def _publish(self, docs: list[Document], bad: list[BadRecord], result: BatchResult | None,
+                 emerged: list[Emergence], windows: list[DriftWindow]) -> None:
         now = time.time()
         if result is not None:
             version = self.synced_version + 1
+            kw = self.topics.keywords(np.unique(result.cluster_ids).tolist())
             self.sink.send("assignments", [
                 assignment_message(
                     d, cluster_id=int(c), similarity=float(s), is_new_cluster=bool(nw),
-                    is_outlier=bool(o), keywords=[], model=self.model_name,
+                    is_outlier=bool(o), keywords=kw.get(int(c), []), model=self.model_name,
                     model_version=version, processed_at=now)
                 for d, c, s, nw, o in zip(docs, result.cluster_ids.tolist(), result.similarity.tolist(),
                                           result.is_new_cluster.tolist(), result.is_outlier.tolist(),
                                           strict=True)])
             founders = np.flatnonzero(result.is_new_cluster)
-            self.sink.send("events", [
+            events = [
                 event_message("cluster_created", cluster_id=int(result.cluster_ids[i]), size=1.0,
-                              keywords=[], exemplars=[docs[i].text], score=float(result.similarity[i]),
+                              keywords=kw.get(int(result.cluster_ids[i]), []),
+                              exemplars=[docs[i].text], score=float(result.similarity[i]),
                               ts=docs[i].ts, founder_id=docs[i].id)
-                for i in founders.tolist()])
+                for i in founders.tolist()]
+            events += [self._emerging_event(e, docs, kw) for e in emerged]
             if len(result.merged) or len(result.faded):
-                self.sink.send("events", self._maintenance_events(result, max(d.ts for d in docs)))
+                events += self._maintenance_events(result, max(d.ts for d in docs))
+            events += [self._drift_event(w, max(d.ts for d in docs)) for w in windows if w.drifted]
+            self.sink.send("events", events)
         if bad:
             for b in bad:
                 log.info("bad record %s: %s (%s)", b.record.where(), b.error, b.detail[:120])
             self.sink.send("dlq", [dlq_message(b) for b in bad])
         self.sink.flush()
+
+    def _emerging_event(self, e: Emergence, docs: list[Document],
+                        kw: dict[int, list[str]]) -> tuple[bytes, bytes]:
+        """``emerging_topic``: the cluster, its keywords and exemplars, the score and the
+        count of the bucket that crossed, its baseline, and how long it has existed."""
+        doc = docs[e.doc_index]
+        return event_message("emerging_topic", cluster_id=e.cluster_id, size=float(e.size),
+                             keywords=kw.get(e.cluster_id, []),
+                             exemplars=self.topics.exemplars(e.cluster_id, 3), score=e.score,
+                             ts=e.ts, bucket_count=e.bucket_count, baseline=e.baseline,
+                             age_s=max(e.ts - e.born_ts, 0.0), trigger_id=doc.id,
+                             source=doc.record.source())
+
+    def _drift_event(self, w: DriftWindow, ts: float) -> tuple[bytes, bytes]:
+        """``drift`` (key -1: it is about the whole stream, not one cluster)."""
+        return event_message("drift", cluster_id=-1, size=float(w.docs), keywords=[],
+                             exemplars=[], score=float(w.divergence or 0.0), ts=ts,
+                             window=w.index, divergence=w.divergence,
+                             similarity_mean=w.similarity_mean, outlier_ratio=w.outlier_ratio,
+                             new_cluster_ratio=w.new_cluster_ratio,
+                             centroid_movement=w.centroid_movement,
+                             embedding_shift=w.embedding_shift, nmi=w.nmi)
 
     def _maintenance_events(self, result: BatchResult, ts: float) -> list[tuple[bytes, bytes]]:
         """``clusters_merged`` (key: the surviving id; ``merged_from``: the retired one, which
@@ -251,11 +337,14 @@ class Worker:
         state = self.clusterer.snapshot()
         labels = state.row_labels
         weights = state.weights_at(state.n_docs, self.clusterer.half_life)
+        kw = self.topics.keywords(result.merged[:, 1].tolist()) if len(result.merged) else {}
         out = []
         for src, dst in result.merged.tolist():
             size = float(weights[labels == dst].sum())
-            out.append(event_message("clusters_merged", cluster_id=dst, size=size, keywords=[],
-                                     exemplars=[], score=size, ts=ts, merged_from=[src]))
+            out.append(event_message("clusters_merged", cluster_id=dst, size=size,
+                                     keywords=kw.get(dst, []),
+                                     exemplars=self.topics.exemplars(dst, 3), score=size, ts=ts,
+                                     merged_from=[src]))
         for cid in result.faded.tolist():
             out.append(event_message("cluster_faded", cluster_id=cid, size=0.0, keywords=[],
                                      exemplars=[], score=0.0, ts=ts))

@@ -106,8 +106,31 @@ def test_cluster_resumes_from_its_state_file(tmp_path: Path) -> None:
     second = cli("cluster", str(data), "--encoder", "hashing", "--state-file", str(state), "--out", str(out))
     assert second.returncode == 0, second.stderr
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [f"doc-{i}" for i in range(100, 150)]
-    shown = cli("inspect", "--state-file", str(state), "--json")
-    assert json.loads(shown.stdout)["documents"] == 150
+    shown = cli("inspect", "--state-file", str(state), "--json", "--top", "1000")
+    model = json.loads(shown.stdout)
+    assert model["documents"] == 150
+    assert sum(r["size"] for r in model["top"]) == 150  # every cluster, with its topic
+    assert all(r["keywords"] and r["exemplars"] for r in model["top"])
+    text = {d["text"] for d in documents(150)}
+    assert all(set(r["exemplars"]) <= text for r in model["top"])
+
+
+def test_bench_emerging_alerts_on_the_late_story(tmp_path: Path) -> None:
+    """The demo corpus' bird-flu story starts at document 304 of 400."""
+    corpus = REPO / "stream" / "demo_corpus.jsonl"
+    out = tmp_path / "emerging.json"
+    proc = cli("bench", "emerging", "--dataset", str(corpus), "--encoder", "hashing",
+               "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "recall" in proc.stdout and "precision" in proc.stdout
+    report = json.loads(out.read_text())
+    for key in ("recall", "precision", "median_delay_docs", "p90_delay_docs", "alerts",
+                "topics_evaluated"):
+        assert key in report
+    assert report["topics_evaluated"] == 6
+    flu = [a for a in report["alert_list"] if a["topic"] == "bird-flu"]
+    assert flu and flu[0]["first_of_topic"] and flu[0]["trigger"] >= 303
+    assert report["alerts"] == len(report["alert_list"]) >= 1
 
 
 def test_bench_quality_prints_the_table_and_writes_json_rows(tmp_path: Path) -> None:

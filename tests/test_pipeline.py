@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,18 @@ from stream.services import Service, free_port
 from stream.state.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
+# every metric a worker exports (histograms by their _bucket series)
+METRIC_NAMES = [
+    "topicstream_documents_in_total", "topicstream_documents_out_total",
+    "topicstream_batches_total", "topicstream_stage_duration_seconds_bucket",
+    "topicstream_active_clusters", "topicstream_clusters_created_total",
+    "topicstream_emerging_topics_total", "topicstream_assignment_similarity_bucket",
+    "topicstream_drift_similarity_mean", "topicstream_drift_outlier_ratio",
+    "topicstream_drift_new_cluster_ratio", "topicstream_drift_centroid_movement",
+    "topicstream_drift_cluster_share_js_divergence", "topicstream_drift_embedding_mean_shift",
+    "topicstream_drift_window_nmi", "topicstream_drift_windows_total",
+    "topicstream_drift_events_total",
+]
 N_DOCS = 2000
 PARTITIONS = 4
 
@@ -94,7 +107,15 @@ def test_worker_end_to_end(kafka: Service, redis_server: Service, names: dict[st
     check_outcome(kafka, redis_server, names, ends, N_DOCS)
     events = [json.loads(m.value) for m in read_topic(kafka, names["events"])]
     created = [e for e in events if e["type"] == "cluster_created"]
-    assert len(created) == RedisStore(redis_server.url, model=names["model"]).load_state().ids.size
+    store = RedisStore(redis_server.url, model=names["model"])
+    state, topics = store.load_state(), store.load_topics()
+    store.close()
+    assert len(created) == state.ids.size
+    # keywords travel in every assignment; the topic cards were committed with the state
+    asg = [json.loads(m.value) for m in read_topic(kafka, names["assignments"])]
+    assert all(a["keywords"] for a in asg)
+    assert topics is not None and set(topics.cards) == set(state.row_labels.tolist())
+    assert sum(c.size for c in topics.cards.values()) == N_DOCS
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
@@ -127,7 +148,12 @@ def test_restart_after_sigterm_mid_stream(kafka: Service, redis_server: Service,
     assert seen >= 200, "the worker did not start consuming"
     # the worker serves /metrics and health while it runs
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert "topicstream_documents_in_total" in body
+    for name in METRIC_NAMES:
+        assert f"\n{name}" in body, name
+    if shutil.which("promtool"):  # Prometheus' own linter of metric names, types and help
+        lint = subprocess.run(["promtool", "check", "metrics"], input=body, text=True,
+                              capture_output=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -281,7 +281,7 @@ def npz_round_trip(state: ClusterState) -> ClusterState:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "snap.npz"
         save_snapshot(path, state, {"in:0": state.n_docs})
-        again, offsets = load_snapshot(path)
+        again, offsets, _ = load_snapshot(path)
     assert offsets == {"in:0": state.n_docs}
     return again
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from stream.clustering.base import ClusterState, Delta
 from stream.contracts import TopicPartition
+from stream.topics import TopicDelta, TopicState
 
 NO_OFFSET = -1
 
@@ -62,12 +63,18 @@ class StateStore(Protocol):
         """The stored state, or None when this model has none yet."""
         ...
 
+    def load_topics(self) -> TopicState | None:
+        """The stored topic state (keywords, exemplars, emerging counters), or None."""
+        ...
+
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Stored next offsets; partitions with none are absent."""
         ...
 
-    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
-        """Apply ``delta`` and ``moves`` atomically, or raise :class:`CommitRejected`."""
+    def commit(self, delta: Delta, moves: list[OffsetMove],
+               topics: TopicDelta | None = None) -> CommitResult:
+        """Apply ``delta``, ``topics`` and ``moves`` atomically, or raise
+        :class:`CommitRejected`."""
         ...
 
     def allocate_ids(self, n: int) -> np.ndarray:

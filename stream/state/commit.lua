@@ -1,11 +1,14 @@
 -- One atomic commit of a batch: compare-and-set on the offsets, then the clusterer delta.
--- KEYS[1] meta hash (n_docs, version, dim), KEYS[2] offsets hash, KEYS[3] clusters hash
+-- KEYS[1] meta hash (n_docs, version, dim), KEYS[2] offsets hash, KEYS[3] clusters hash,
+-- KEYS[4] topics hash (cluster id or 'all' -> JSON card)
 -- ARGV: n_docs_in_batch, half_life ('' = no decay), dim, n_moves,
 --       n_moves x (field, expected, new), m, m x cluster id, records blob,
---       n_merges, n_merges x (src, dst), n_removed, n_removed x id
+--       n_merges, n_merges x (src, dst), n_removed, n_removed x id,
+--       topic delta JSON ('' = none), keyword_capacity, vocabulary_capacity, n_exemplars,
+--       alpha, max_gap_buckets
 -- A record (stored or delta) is '<ddddd' weight, count, last_t, created_t, label, then dim
--- float32. The arithmetic is stream.clustering.base.apply_delta's, step for step; a test
--- holds the two together.
+-- float32. The arithmetic is stream.clustering.base.apply_delta's, then
+-- stream.topics.apply_topic_delta's, step for step; tests hold them together.
 local n = tonumber(ARGV[1])
 local hl = tonumber(ARGV[2])
 local dim = tonumber(ARGV[3])
@@ -94,6 +97,140 @@ k = k + 1
 for _ = 1, n_removed do
   redis.call('HDEL', KEYS[3], ARGV[k])
   k = k + 1
+end
+
+-- 4. topic cards: stream.topics.apply_topic_delta
+local topics_json = ARGV[k]
+if topics_json and topics_json ~= '' then
+  local cap, vcap = tonumber(ARGV[k + 1]), tonumber(ARGV[k + 2])
+  local nex, alpha, maxgap = tonumber(ARGV[k + 3]), tonumber(ARGV[k + 4]), tonumber(ARGV[k + 5])
+  local td = cjson.decode(topics_json)
+
+  local function scaled(terms, f)
+    local out = {}
+    for key, v in pairs(terms) do out[key] = v * f end
+    return out
+  end
+
+  -- (terms decayed by f) + extra, then the `limit` heaviest (ties: the smaller term)
+  local function add_terms(terms, f, extra, limit)
+    local out = scaled(terms, f)
+    for key, v in pairs(extra) do out[key] = (out[key] or 0) + v end
+    local list = {}
+    for key, v in pairs(out) do list[#list + 1] = {key, v} end
+    if #list <= limit then return out end
+    table.sort(list, function(a, b)
+      if a[2] ~= b[2] then return a[2] > b[2] end
+      return a[1] < b[1]
+    end)
+    out = {}
+    for q = 1, limit do out[list[q][1]] = list[q][2] end
+    return out
+  end
+
+  local function best(a, b)
+    local seen, order = {}, {}
+    for _, src in ipairs({a, b}) do
+      for _, e in ipairs(src) do
+        local cur = seen[e[2]]
+        if not cur then order[#order + 1] = e[2] end
+        if not cur or e[1] > cur[1] then seen[e[2]] = e end
+      end
+    end
+    local list = {}
+    for _, id in ipairs(order) do list[#list + 1] = seen[id] end
+    table.sort(list, function(x, y)
+      if x[1] ~= y[1] then return x[1] > y[1] end
+      return x[2] < y[2]
+    end)
+    local out = {}
+    for q = 1, math.min(nex, #list) do out[q] = list[q] end
+    return out
+  end
+
+  local function ewma(mean, var, x)
+    local d = x - mean
+    local inc = alpha * d
+    return mean + inc, (1.0 - alpha) * (var + d * inc)
+  end
+
+  local function roll(c, bucket)
+    if c.b < 0 then c.b, c.n = bucket, 0.0 return end
+    if bucket <= c.b then return end
+    c.m, c.v = ewma(c.m, c.v, c.n)
+    for _ = 1, math.min(bucket - c.b - 1, maxgap) do c.m, c.v = ewma(c.m, c.v, 0.0) end
+    c.b, c.n = bucket, 0.0
+  end
+
+  local function load(id)
+    local raw = redis.call('HGET', KEYS[4], id)
+    if not raw then return nil end
+    local c = cjson.decode(raw)
+    if type(c.x) ~= 'table' then c.x = {} end
+    return c
+  end
+
+  local all = load('all') or {w = {}, t = 0}
+  all.w = add_terms(all.w, decay(all.t), td.w, vcap)
+  all.t = t
+  redis.call('HSET', KEYS[4], 'all', cjson.encode(all))
+
+  local cards = {}
+  for id, d in pairs(td.c) do
+    local c = load(id)
+    if not c then
+      c = {w = {}, t = t, x = {}, b = -1, n = 0.0, m = 0.0, v = 0.0, a = 0, f = d.f, l = d.l, s = 0}
+    end
+    c.w = add_terms(c.w, decay(c.t), d.w, cap)
+    c.t = t
+    c.x = best(c.x, d.x)
+    for _, bc in ipairs(d.b) do
+      roll(c, bc[1])
+      c.n = c.n + bc[2]
+    end
+    if d.a == 1 then c.a = 1 end
+    c.f = math.min(c.f, d.f)
+    c.l = math.max(c.l, d.l)
+    c.s = c.s + d.s
+    cards[id] = c
+  end
+
+  local function card(id)
+    if cards[id] == nil then cards[id] = load(id) or false end
+    return cards[id] or nil
+  end
+
+  for _, pair in ipairs(td.m) do
+    local src, dst = tostring(pair[1]), tostring(pair[2])
+    local a, b = card(src), card(dst)
+    if src ~= dst and a and b then
+      b.w = add_terms(b.w, decay(b.t), scaled(a.w, decay(a.t)), cap)
+      b.t = t
+      b.x = best(b.x, a.x)
+      if a.b >= 0 then
+        local top = math.max(a.b, b.b)
+        roll(b, top)
+        roll(a, top)
+        b.n = b.n + a.n
+        b.m = b.m + a.m
+        b.v = b.v + a.v
+      end
+      if a.a == 1 then b.a = 1 end
+      b.f = math.min(b.f, a.f)
+      b.l = math.max(b.l, a.l)
+      b.s = b.s + a.s
+      cards[src] = false
+    end
+  end
+  for _, id in ipairs(td.r) do cards[tostring(id)] = false end
+
+  for id, c in pairs(cards) do
+    if c then
+      redis.call('HSET', KEYS[4], id, cjson.encode(c))
+    else
+      redis.call('HDEL', KEYS[4], id)
+    end
+  end
 end
 
 i = 5

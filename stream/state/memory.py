@@ -13,31 +13,43 @@ import numpy as np
 from stream.clustering.base import ClusterState, Delta, apply_delta
 from stream.contracts import TopicPartition
 from stream.state import NO_OFFSET, CommitRejected, CommitResult, OffsetMove, offset_field
+from stream.topics import TopicDelta, TopicParams, TopicState, apply_topic_delta
 
 log = logging.getLogger(__name__)
 
 _ARRAYS = ("ids", "sums", "weights", "counts", "last_t", "created_t", "labels")
 
 
-def save_snapshot(path: Path, state: ClusterState, offsets: dict[str, int]) -> None:
-    """Write ``state`` and ``offsets`` to an ``.npz`` file atomically (write, then rename)."""
+def _json_bytes(obj: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj, ensure_ascii=False).encode(), np.uint8)
+
+
+def save_snapshot(path: Path, state: ClusterState, offsets: dict[str, int],
+                  topics: TopicState | None = None) -> None:
+    """Write ``state``, ``offsets`` and ``topics`` to an ``.npz`` file atomically (write,
+    then rename); the topic state travels as JSON bytes."""
     meta = {"dim": state.dim, "n_docs": state.n_docs, "next_id": state.next_id,
-            "version": state.version, "offsets": offsets, "format": 2}
+            "version": state.version, "offsets": offsets, "format": 3}
     tmp = path.with_name(path.name + ".tmp")
+    arrays: dict[str, np.ndarray] = {k: getattr(state, k) for k in _ARRAYS}
+    arrays["meta"] = _json_bytes(meta)
+    if topics is not None:
+        arrays["topics"] = _json_bytes(topics.to_json())
     with open(tmp, "wb") as fh:
-        np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                 **{k: getattr(state, k) for k in _ARRAYS})
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 
-def load_snapshot(path: Path) -> tuple[ClusterState, dict[str, int]]:
+def load_snapshot(path: Path) -> tuple[ClusterState, dict[str, int], TopicState | None]:
     """Read a snapshot; never unpickles (``allow_pickle=False``)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes().decode())
         arrays = {k: z[k] for k in _ARRAYS if k in z.files}  # format 1 had no labels
+        topics = (TopicState.from_json(json.loads(z["topics"].tobytes().decode()))
+                  if "topics" in z.files else None)  # formats 1 and 2 had no topics
     state = ClusterState(dim=int(meta["dim"]), n_docs=int(meta["n_docs"]),
                          next_id=int(meta["next_id"]), version=int(meta["version"]), **arrays)
-    return state, {str(k): int(v) for k, v in meta["offsets"].items()}
+    return state, {str(k): int(v) for k, v in meta["offsets"].items()}, topics
 
 
 class MemoryStore:
@@ -46,20 +58,26 @@ class MemoryStore:
     Same contract as the Redis store (compare-and-set commit), for one worker.
     """
 
-    def __init__(self, half_life: float | None = None, snapshot_path: str | Path | None = None) -> None:
+    def __init__(self, half_life: float | None = None, snapshot_path: str | Path | None = None,
+                 topic_params: TopicParams | None = None) -> None:
         self.half_life = half_life
+        self.topic_params = topic_params or TopicParams(half_life=half_life)
+        self._topics: TopicState | None = None
         self.snapshot_path = Path(snapshot_path) if snapshot_path else None
         self._lock = threading.Lock()
         self._state: ClusterState | None = None
         self._offsets: dict[str, int] = {}
         self._next_id = 0
         if self.snapshot_path and self.snapshot_path.exists():
-            self._state, self._offsets = load_snapshot(self.snapshot_path)
+            self._state, self._offsets, self._topics = load_snapshot(self.snapshot_path)
             log.info("loaded snapshot %s: %d clusters, %d documents", self.snapshot_path,
                      len(self._state), self._state.n_docs)
 
     def load_state(self) -> ClusterState | None:
         return self._state
+
+    def load_topics(self) -> TopicState | None:
+        return self._topics
 
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._offsets[offset_field(tp)] for tp in tps if offset_field(tp) in self._offsets}
@@ -67,7 +85,8 @@ class MemoryStore:
     def all_offsets(self) -> dict[str, int]:
         return dict(self._offsets)
 
-    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
+    def commit(self, delta: Delta, moves: list[OffsetMove],
+               topics: TopicDelta | None = None) -> CommitResult:
         with self._lock:
             for mv in moves:
                 found = self._offsets.get(offset_field(mv.tp), NO_OFFSET)
@@ -75,6 +94,9 @@ class MemoryStore:
                     raise CommitRejected(str(mv.tp), mv.expected, found)
             base = self._state or ClusterState.empty(delta.sums.shape[1])
             self._state = apply_delta(base, delta, self.half_life)
+            if topics is not None:
+                self._topics = apply_topic_delta(self._topics or TopicState(), topics,
+                                                 self._state.n_docs, self.topic_params)
             for mv in moves:
                 self._offsets[offset_field(mv.tp)] = mv.new
             return CommitResult(self._state.version, self._state.n_docs)
@@ -88,7 +110,7 @@ class MemoryStore:
 
     def save(self) -> None:
         if self.snapshot_path and self._state is not None:
-            save_snapshot(self.snapshot_path, self._state, self._offsets)
+            save_snapshot(self.snapshot_path, self._state, self._offsets, self._topics)
 
     def close(self) -> None:
         self.save()

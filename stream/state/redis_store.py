@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib import resources
 from typing import Any
@@ -15,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stream.clustering.base import ClusterState, Delta
 from stream.contracts import TopicPartition
 from stream.state import CommitRejected, CommitResult, OffsetMove, StoreUnavailable, offset_field
+from stream.topics import MAX_GAP_BUCKETS, TopicDelta, TopicParams, TopicState
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ def model_keys(model: str) -> dict[str, str]:
     if not model or any(c in model for c in "{}"):
         raise ValueError(f"model={model!r} should be a non-empty name without braces")
     base = f"topicstream:{{{model}}}"
-    return {k: f"{base}:{k}" for k in ("meta", "offsets", "clusters", "next_id", "lease")}
+    return {k: f"{base}:{k}" for k in ("meta", "offsets", "clusters", "topics", "next_id",
+                                                  "lease")}
 
 
 class RedisStore:
@@ -40,19 +43,23 @@ class RedisStore:
 
     Layout (all under the hash tag ``{model}``): ``meta`` (``n_docs``, ``version``, ``dim``),
     ``offsets`` (``topic:partition`` -> next offset), ``clusters`` (id -> packed record, see
-    :func:`record_dtype`: plain numbers, never pickle) and ``next_id`` (the counter that
-    hands out cluster ids).
+    :func:`record_dtype`: plain numbers, never pickle), ``topics`` (cluster id, or ``all``
+    for the all-clusters term sketch -> the JSON of a :class:`~stream.topics.TopicCard`)
+    and ``next_id`` (the counter that hands out cluster ids).
 
     :meth:`commit` runs ``commit.lua``: one round trip, atomic, compare-and-set on the
     offsets (the fencing of zombies), then the delta, with the same arithmetic as
-    :func:`stream.clustering.base.apply_delta`.
+    :func:`stream.clustering.base.apply_delta`, then the topic delta, with that of
+    :func:`stream.topics.apply_topic_delta`.
     """
 
     def __init__(self, url: str, model: str = "default", half_life: float | None = None,
-                 client: Any = None, socket_timeout_s: float = 5.0) -> None:
+                 client: Any = None, socket_timeout_s: float = 5.0,
+                 topic_params: TopicParams | None = None) -> None:
         self.url = url
         self.model = model
         self.half_life = half_life
+        self.topic_params = topic_params or TopicParams(half_life=half_life)
         self.keys = model_keys(model)
         self.r = client or redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
                                                 socket_connect_timeout=socket_timeout_s)
@@ -90,6 +97,16 @@ class RedisStore:
         )
         return state.sorted()
 
+    def load_topics(self) -> TopicState | None:
+        try:
+            raw: dict[Any, Any] = self.r.hgetall(self.keys["topics"])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if not raw:
+            return None
+        return TopicState.from_json({(k.decode() if isinstance(k, bytes) else str(k)): json.loads(v)
+                                     for k, v in raw.items()})
+
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
@@ -103,7 +120,8 @@ class RedisStore:
         raw: dict[Any, Any] = self.r.hgetall(self.keys["offsets"])
         return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
 
-    def commit(self, delta: Delta, moves: list[OffsetMove]) -> CommitResult:
+    def commit(self, delta: Delta, moves: list[OffsetMove],
+               topics: TopicDelta | None = None) -> CommitResult:
         dim = int(delta.sums.shape[1])
         recs = np.zeros(len(delta.ids), dtype=record_dtype(dim))
         recs["weight"] = delta.weights
@@ -121,7 +139,11 @@ class RedisStore:
         args += [str(int(c)) for c in np.asarray(delta.merges).reshape(-1)]
         args.append(len(delta.removed))
         args += [str(int(c)) for c in delta.removed]
-        keys = [self.keys["meta"], self.keys["offsets"], self.keys["clusters"]]
+        tp = self.topic_params
+        args += ["" if topics is None else json.dumps(topics.to_json(), ensure_ascii=False),
+                 tp.keyword_capacity, tp.vocabulary_capacity, tp.n_exemplars, repr(tp.alpha),
+                 MAX_GAP_BUCKETS]
+        keys = [self.keys["meta"], self.keys["offsets"], self.keys["clusters"], self.keys["topics"]]
         try:
             out = self._commit(keys=keys, args=args)
         except (RedisConnectionError, RedisTimeoutError) as exc:
