@@ -26,7 +26,8 @@ terms per cluster and ``f(t)`` the term's count over all clusters.
 Exemplars
 ---------
 The ``n_exemplars`` documents most similar to the cluster's centroid when they were
-assigned (their similarity is the score), text truncated to ``EXEMPLAR_CHARS``.
+assigned (their similarity is the score), one per distinct text, truncated to
+``EXEMPLAR_CHARS``.
 
 Emerging topics
 ---------------
@@ -250,11 +251,12 @@ def add_terms(terms: dict[str, float], extra: Mapping[str, float], capacity: int
 
 def best_exemplars(a: Iterable[tuple[float, str, str]], b: Iterable[tuple[float, str, str]],
                    n: int) -> list[tuple[float, str, str]]:
-    """The ``n`` best of both lists by score (ties: the smaller id), one per document id."""
+    """The ``n`` best of both lists by score (ties: the smaller id), one per distinct text (a
+    story's exact repeats, as from syndication, would otherwise fill every place)."""
     seen: dict[str, tuple[float, str, str]] = {}
     for e in [*a, *b]:
-        if e[1] not in seen or e[0] > seen[e[1]][0]:
-            seen[e[1]] = e
+        if e[2] not in seen or e[0] > seen[e[2]][0]:
+            seen[e[2]] = e
     return sorted(seen.values(), key=lambda e: (-e[0], e[1]))[:n]
 
 

@@ -132,13 +132,13 @@ if topics_json and topics_json ~= '' then
     local seen, order = {}, {}
     for _, src in ipairs({a, b}) do
       for _, e in ipairs(src) do
-        local cur = seen[e[2]]
-        if not cur then order[#order + 1] = e[2] end
-        if not cur or e[1] > cur[1] then seen[e[2]] = e end
+        local cur = seen[e[3]]
+        if not cur then order[#order + 1] = e[3] end
+        if not cur or e[1] > cur[1] then seen[e[3]] = e end
       end
     end
     local list = {}
-    for _, id in ipairs(order) do list[#list + 1] = seen[id] end
+    for _, text in ipairs(order) do list[#list + 1] = seen[text] end
     table.sort(list, function(x, y)
       if x[1] ~= y[1] then return x[1] > y[1] end
       return x[2] < y[2]
