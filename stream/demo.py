@@ -16,7 +16,6 @@ from collections import Counter
 from importlib import resources
 
 from stream.services import redis_server_binary, start_redis, start_tansu
-from stream.topics import keywords_from_assignments
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ def run_demo(encoder: str = "transformer", keep_logs: bool = False) -> int:
 
     corpus = load_corpus()
     position = {row["id"]: i for i, row in enumerate(corpus)}
-    text_of = {row["id"]: row["text"] for row in corpus}
     print(f"starting an embedded Kafka-protocol broker (Tansu){' and redis-server' if redis_server_binary() else ''} ...")
     kafka = start_tansu()
     redis = start_redis() if redis_server_binary() else None
@@ -66,16 +64,17 @@ def run_demo(encoder: str = "transformer", keep_logs: bool = False) -> int:
         consumer = KafkaConsumer(cfg.assignments_topic, bootstrap_servers=kafka.url,
                                  auto_offset_reset="earliest", consumer_timeout_ms=3000)
         assigned: dict[str, int] = {}
-        for msg in consumer:
+        keywords: dict[int, list[str]] = {}  # as the latest assignment of each cluster carried them
+        for msg in sorted(consumer, key=lambda m: json.loads(m.value)["processed_at"]):
             value = json.loads(msg.value)
             assigned[value["id"]] = value["cluster_id"]
+            keywords[value["cluster_id"]] = value["keywords"]
         consumer.close()
     finally:
         kafka.close()
         if redis is not None:
             redis.close()
     sizes = Counter(assigned.values())
-    keywords = keywords_from_assignments((c, text_of[d]) for d, c in assigned.items())
     first: dict[int, int] = {}
     for doc_id, cid in assigned.items():
         first[cid] = min(first.get(cid, len(corpus)), position[doc_id])

@@ -365,17 +365,6 @@ def ctfidf_keywords(cards: Mapping[int, Mapping[str, float]], all_terms: Mapping
     return out
 
 
-def keywords_from_assignments(pairs: Iterable[tuple[int, str]], top_n: int = 8) -> dict[int, list[str]]:
-    """Keywords per cluster from (cluster id, text) pairs (the whole history, no decay)."""
-    counts: dict[int, Counter[str]] = {}
-    for cid, text in pairs:
-        counts.setdefault(cid, Counter()).update(tokenize(text))
-    total: Counter[str] = Counter()
-    for c in counts.values():
-        total.update(c)
-    return ctfidf_keywords({c: dict(v) for c, v in counts.items()}, dict(total), top_n)
-
-
 # -- the tracker: a worker's local replica ---------------------------------------------------
 @dataclass
 class Emergence:
