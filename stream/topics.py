@@ -154,9 +154,6 @@ class TopicCard:
     last_ts: float = 0.0
     size: int = 0  # documents ever
 
-    def score(self) -> float:
-        return (self.n - self.mean) / math.sqrt(self.var + self.mean + 1.0)
-
     def to_json(self) -> dict[str, Any]:
         return {"w": self.terms, "t": self.t, "x": [list(e) for e in self.exemplars],
                 "b": self.bucket, "n": self.n, "m": self.mean, "v": self.var,
@@ -195,9 +192,6 @@ class TopicState:
     def size(self) -> int:
         """Terms and exemplars held: what must stay bounded on an endless stream."""
         return len(self.all_terms) + sum(len(c.terms) + len(c.exemplars) for c in self.cards.values())
-
-    def copy(self) -> TopicState:
-        return TopicState.from_json(self.to_json())
 
 
 @dataclass
@@ -258,6 +252,11 @@ def best_exemplars(a: Iterable[tuple[float, str, str]], b: Iterable[tuple[float,
         if e[2] not in seen or e[0] > seen[e[2]][0]:
             seen[e[2]] = e
     return sorted(seen.values(), key=lambda e: (-e[0], e[1]))[:n]
+
+
+def emergence_score(n: np.ndarray | float, mean: float, var: float) -> np.ndarray:
+    """``(n - mean) / sqrt(var + mean + 1)``: a bucket count ``n`` against the baseline."""
+    return (np.asarray(n, np.float64) - mean) / math.sqrt(var + mean + 1.0)
 
 
 def _ewma(mean: float, var: float, x: float, alpha: float) -> tuple[float, float]:
@@ -394,21 +393,25 @@ class TopicTracker:
         self.t = 0.0
 
     def restore(self, state: TopicState | None, t: float) -> None:
-        self.state = state.copy() if state is not None else TopicState()
+        """Take ``state`` (e.g. the store's; it is shared, never changed: every update makes
+        new cards) as the replica, at stream clock ``t``."""
+        self.state = state if state is not None else TopicState()
         self.t = float(t)
 
     def learn(self, tokens: Sequence[Sequence[str]], doc_ids: Sequence[str], texts: Sequence[str],
-              ts: np.ndarray, cluster_ids: np.ndarray, similarity: np.ndarray, t: float,
-              merged: np.ndarray | None = None, faded: np.ndarray | None = None,
+              ts: np.ndarray, cluster_ids: np.ndarray, similarity: np.ndarray,
+              t: float | None = None, merged: np.ndarray | None = None, faded: np.ndarray | None = None,
               centroids: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
               ) -> tuple[TopicDelta, list[Emergence]]:
         """One batch, row for row: its documents' tokens, ids, texts, timestamps (seconds),
-        cluster ids and similarities; ``t`` is the stream clock after the batch; ``merged``
+        cluster ids and similarities; ``t`` is the stream clock after the batch (default: the
+        tracker's clock plus the batch's documents, as the clusterer counts); ``merged``
         and ``faded`` the public ids the clusterer retired in it. ``centroids`` returns the
         public ids of the model and their unit centroids, for the novelty test; it is only
         called when some cluster crossed the thresholds (without it there is no test)."""
         p = self.params
         n = len(cluster_ids)
+        t = self.t + n if t is None else float(t)
         delta = TopicDelta()
         buckets = np.floor(np.asarray(ts, np.float64) / p.bucket_s).astype(np.int64)
         every: Counter[str] = Counter()
@@ -483,7 +486,7 @@ class TopicTracker:
         for b, start, c in zip(ub.tolist(), first.tolist(), counts.tolist(), strict=True):
             roll(sim, b, p.alpha)
             cum = sim.n + np.arange(1, c + 1, dtype=np.float64)
-            score = (cum - sim.mean) / math.sqrt(sim.var + sim.mean + 1.0)
+            score = emergence_score(cum, sim.mean, sim.var)
             ok = np.flatnonzero((cum >= p.min_count) & (score >= p.z_threshold))
             if ok.size:
                 j = int(ok[0])

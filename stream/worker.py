@@ -188,8 +188,8 @@ class Worker:
             topic_delta, emerged = self.topics.learn(
                 [d.tokens for d in docs], [d.id for d in docs], [d.text for d in docs],
                 np.fromiter((d.ts for d in docs), np.float64, len(docs)), result.cluster_ids,
-                result.similarity, float(getattr(self.clusterer, "n_docs", 0)),
-                merged=result.merged, faded=result.faded, centroids=self._label_centroids)
+                result.similarity, merged=result.merged, faded=result.faded,
+                centroids=lambda: self._centroids()[:2])
             windows = self.drift.observe(X, result.cluster_ids, result.similarity,
                                          result.is_outlier, result.is_new_cluster,
                                          [d.label for d in docs], self._centroids)
@@ -252,16 +252,14 @@ class Worker:
         return True
 
     def _centroids(self) -> Centroids:
-        state = self.clusterer.snapshot()
-        norms = np.linalg.norm(state.sums, axis=1, keepdims=True)
-        return (state.ids, state.sums / np.maximum(norms, 1e-12),
-                state.weights_at(state.n_docs, self.clusterer.half_life))
-
-    def _label_centroids(self) -> tuple[np.ndarray, np.ndarray]:
-        """Public cluster ids and their unit centroids (the rows of a label summed)."""
+        """Public cluster ids, their unit centroids and decayed weights (the rows carrying a
+        label summed: one row for k-means, several micro-clusters for DenStream)."""
         state = self.clusterer.snapshot()
         labels, sums, _ = sum_rows_by(state.row_labels, state.sums)
-        return labels, sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        inv = np.searchsorted(labels, state.row_labels)
+        weights = np.bincount(inv, state.weights_at(state.n_docs, self.clusterer.half_life),
+                              labels.size)
+        return labels, sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12), weights
 
     def _export_drift(self, w: DriftWindow) -> None:
         m = self.metrics

@@ -32,7 +32,6 @@ def feed(tracker: TopicTracker, cids: list[int], ts: list[float], texts: list[st
     texts = texts or [f"story{c} common word{c}" for c in cids]
     tokens = [s.split() for s in texts]
     ids = [f"d{tracker.t + i:.0f}" for i in range(n)]
-    t = tracker.t + n if t is None else t
     return tracker.learn(tokens, ids, texts, np.asarray(ts, np.float64), np.asarray(cids),
                          np.linspace(0.9, 0.5, n).astype(np.float32), t, **kw)
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ class MemoryStore:
     def __init__(self, half_life: float | None = None, snapshot_path: str | Path | None = None,
                  topic_params: TopicParams | None = None) -> None:
         self.half_life = half_life
-        self.topic_params = topic_params or TopicParams(half_life=half_life)
+        # one clock and one half-life for the clusterer state and the topic cards
+        self.topic_params = replace(topic_params or TopicParams(), half_life=half_life)
         self._topics: TopicState | None = None
         self.snapshot_path = Path(snapshot_path) if snapshot_path else None
         self._lock = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -59,7 +60,8 @@ class RedisStore:
         self.url = url
         self.model = model
         self.half_life = half_life
-        self.topic_params = topic_params or TopicParams(half_life=half_life)
+        # one clock and one half-life for the clusterer state and the topic cards
+        self.topic_params = replace(topic_params or TopicParams(), half_life=half_life)
         self.keys = model_keys(model)
         self.r = client or redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
                                                 socket_connect_timeout=socket_timeout_s)
