@@ -197,6 +197,7 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                              session_timeout_ms=cfg.session_timeout_ms,
                              heartbeat_interval_ms=max(cfg.session_timeout_ms // 4, 500),
                              auto_offset_reset=cfg.auto_offset_reset,
+                             partition_assignment_strategy=cfg.kafka_assignors(),
                              max_poll_records=cfg.batch_size,
                              fetch_max_bytes=max(52428800, cfg.max_record_bytes * 2),
                              max_partition_fetch_bytes=max(1048576, cfg.max_record_bytes + 1024)))

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -281,6 +282,59 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from stream.bench_scale import run_scale
+
+    cfg = _config(args, encoder="hashing", session_timeout_ms=6000)
+    try:
+        counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CliError(f"--workers={args.workers!r} should be numbers separated by commas") from exc
+    if not counts or min(counts) < 1:
+        raise CliError(f"--workers={args.workers!r} should be worker counts >= 1")
+    if args.docs < 1:
+        raise CliError(f"--docs={args.docs} should be >= 1")
+    if args.partitions < max(counts):
+        raise CliError(f"--partitions={args.partitions} should be >= the largest worker count "
+                       f"({max(counts)}): a worker without a partition is idle")
+    if args.dataset:
+        path = Path(args.dataset)
+        if not path.is_file():
+            raise CliError(f"no such file: {path}")
+        from stream import bench
+
+        texts = bench.read_dataset(path, cfg.text_field, cfg.label_field).texts
+    else:
+        from stream.demo import load_corpus
+
+        texts = [row["text"] for row in load_corpus()]
+    docs = [{"id": f"doc-{i}", "text": texts[i % len(texts)]} for i in range(args.docs)]
+    settings = {"encoder": cfg.encoder, "device": cfg.device, "batch_size": cfg.batch_size,
+                "clusterer": cfg.clusterer, "clusterer_params": cfg.clusterer_params,
+                "max_clusters": cfg.max_clusters, "session_timeout_ms": cfg.session_timeout_ms}
+    rows = run_scale(docs, counts, args.partitions, settings, args.timeout, args.keep_logs)
+    print(f"bench scale: {args.docs} documents on {args.partitions} partitions, encoder "
+          f"{cfg.encoder}, clusterer {cfg.clusterer}, batch_size {cfg.batch_size}; "
+          f"{os.cpu_count()} CPU cores")
+    print(f"  {'workers':>7} {'docs/s':>9} {'seconds':>8} {'batches':>8} {'commit p50':>11} "
+          f"{'commit p99':>11} {'peak RSS':>9}")
+    base = rows[0].docs_per_s if rows else 0.0
+    for r in rows:
+        print(f"  {r.workers:>7} {r.docs_per_s:>9,.0f} {r.seconds:>8.2f} {r.batches:>8} "
+              f"{_fmt(r.commit_p50_ms, '.2f'):>8} ms {_fmt(r.commit_p99_ms, '.2f'):>8} ms "
+              f"{r.peak_rss_mb:>6.0f} MB   x{r.docs_per_s / max(base, 1e-9):.2f}")
+    print("  mean milliseconds per batch and worker, by stage:")
+    for r in rows:
+        print(f"  {r.workers:>7}  " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_ms_per_batch.items()))
+    if args.json:
+        payload = json.dumps([r.as_json() for r in rows], indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            Path(args.json).write_text(payload + "\n")
+    return 0
+
+
 def cmd_bench_emerging(args: argparse.Namespace) -> int:
     from stream import bench
     from stream.app import build_worker
@@ -465,6 +519,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "n_keywords", "emerging_bucket_s", "emerging_alpha",
                                "emerging_min_count", "emerging_z", "emerging_novelty"))
     q.set_defaults(func=cmd_bench_emerging)
+
+    q = bsub.add_parser("scale", help="throughput with 1, 2, 3 workers through a private broker "
+                        "and Redis, and the commit latency per batch")
+    q.add_argument("--workers", default="1,2,3", metavar="N,N", help="worker counts (default 1,2,3)")
+    q.add_argument("--docs", type=int, default=20000,
+                   help="documents (default 20000; cycling over --dataset)")
+    q.add_argument("--dataset", metavar="PATH",
+                   help="JSONL with id and text (default: the demo corpus)")
+    q.add_argument("--partitions", type=int, default=6, help="partitions of the topic (default 6)")
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds per worker count")
+    q.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
+    q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
+    _add_config_flags(q, only=("encoder", "device", "batch_size", "clusterer", "clusterer_params",
+                               "max_clusters", "session_timeout_ms"))
+    q.set_defaults(func=cmd_bench_scale)
 
     p = sub.add_parser("inspect", help="show the clusters in a state store")
     p.add_argument("--top", type=int, default=20, help="largest clusters to show (default 20)")

@@ -21,6 +21,7 @@ from typing import Any, get_args, get_type_hints
 from stream.topics import TopicParams
 
 ENV_PREFIX = "TOPICSTREAM_"
+ASSIGNORS = ("range", "roundrobin", "cooperative-sticky")
 SECRET_FIELDS = ("redis_password", "kafka_sasl_password", "state_key")
 
 
@@ -44,6 +45,12 @@ class Config:
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: str | None = None
+    # partition assignment: range | roundrobin | cooperative-sticky (incremental rebalances:
+    # only the partitions that move are revoked; each newly assigned one is sought to its
+    # stored offset either way)
+    kafka_assignment_strategy: str = "range"
     # state
     redis_url: str | None = None  # None: the in-memory store
     redis_password: str | None = None
@@ -106,6 +113,9 @@ class Config:
             (self.max_record_bytes >= 1, f"max_record_bytes={self.max_record_bytes} should be >= 1"),
             (0 <= self.metrics_port <= 65535, f"metrics_port={self.metrics_port} should be within [0, 65535]"),
             (self.session_timeout_ms >= 1000, f"session_timeout_ms={self.session_timeout_ms} should be >= 1000"),
+            (self.kafka_assignment_strategy in ASSIGNORS,
+             f"kafka_assignment_strategy={self.kafka_assignment_strategy!r} should be one of "
+             + ", ".join(ASSIGNORS)),
             (self.auto_offset_reset in ("earliest", "latest"),
              f"auto_offset_reset={self.auto_offset_reset!r} should be 'earliest' or 'latest'"),
             (self.clusterer in ("kmeans", "denstream") or self.clusterer.startswith("river:"),
@@ -168,9 +178,20 @@ class Config:
             cfg.update(sasl_mechanism=self.kafka_sasl_mechanism,
                        sasl_plain_username=self.kafka_sasl_username,
                        sasl_plain_password=self.kafka_sasl_password)
-        if self.kafka_ssl_cafile:
-            cfg["ssl_cafile"] = self.kafka_ssl_cafile
+        for name in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, "kafka_ssl_" + name)
+            if value:
+                cfg["ssl_" + name] = value
         return cfg
+
+    def kafka_assignors(self) -> list[Any]:
+        """The consumer's ``partition_assignment_strategy``."""
+        from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+        from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+        return [{"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor,
+                 "cooperative-sticky": CooperativeStickyAssignor}[self.kafka_assignment_strategy]]
 
 
 _TYPES = get_type_hints(Config)

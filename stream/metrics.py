@@ -52,6 +52,12 @@ class Metrics:
             registry=r)
         self.store_errors = Counter("topicstream_store_errors_total",
                                     "Failed attempts to reach the state store.", registry=r)
+        self.sink_errors = Counter("topicstream_sink_errors_total",
+                                   "Batches dropped because the broker did not acknowledge "
+                                   "their output.", registry=r)
+        self.lease_held = Gauge("topicstream_maintenance_lease_held",
+                                "1 while this worker holds the model's maintenance lease.",
+                                registry=r)
         self.model_version = Gauge("topicstream_model_version",
                                    "Commits applied to the shared model.", registry=r)
         self.assigned_partitions = Gauge("topicstream_assigned_partitions",

@@ -12,11 +12,19 @@ log = logging.getLogger(__name__)
 Message = tuple[bytes | None, bytes]  # (key, value)
 
 
+class SinkUnavailable(Exception):
+    """The broker did not take (or acknowledge) a batch's output; the batch is dropped
+    uncommitted and re-read, so its output is sent again."""
+
+
 class KafkaSink:
     """Publishes to the assignments, events and DLQ topics with one producer.
 
     :meth:`flush` returns only when every record sent since the last flush is acknowledged
-    (``acks=all``), or raises: the worker commits its batch to the state store after that.
+    (``acks=all``), or raises :class:`SinkUnavailable`: the worker commits its batch to the
+    state store only after that. Memory is bounded by the producer's ``buffer_memory``
+    (32 MiB by default): when the broker is slow, ``send`` blocks (up to ``max_block_ms``)
+    instead of queueing more.
     """
 
     def __init__(self, assignments_topic: str, events_topic: str, dlq_topic: str,
@@ -29,15 +37,26 @@ class KafkaSink:
         self._futures: list[Any] = []
 
     def send(self, kind: str, messages: list[Message]) -> None:
+        from kafka.errors import KafkaError
+
         topic = self.topics[kind]
-        for key, value in messages:
-            self._futures.append(self.producer.send(topic, key=key, value=value))
+        try:
+            for key, value in messages:
+                self._futures.append(self.producer.send(topic, key=key, value=value))
+        except KafkaError as exc:
+            self._futures = []
+            raise SinkUnavailable(f"sending to {topic}: {exc}") from exc
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        self.producer.flush(timeout=timeout_s)
+        from kafka.errors import KafkaError
+
         futures, self._futures = self._futures, []
-        for f in futures:
-            f.get(timeout=timeout_s)  # raises the send error, if any
+        try:
+            self.producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)  # raises the send error, if any
+        except KafkaError as exc:
+            raise SinkUnavailable(f"the broker did not acknowledge the batch's output: {exc}") from exc
 
     def close(self) -> None:
         self.producer.close(timeout=10)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stream.contracts import Record, TopicPartition
+from stream.state import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class KafkaSource:
 
         self._lookup, self._on_assign, self._on_revoke = lookup, on_assign, on_revoke
         self._reset: set[TopicPartition] = set()
+        self._pending: set[TopicPartition] = set()  # assigned, stored offset not read yet
+        self._backoff = 0.2
         self.consumer = KafkaConsumer(enable_auto_commit=False, **consumer_config)
         source = self
 
@@ -58,6 +62,7 @@ class KafkaSource:
         return KTP(tp.topic, tp.partition)
 
     def _revoked(self, tps: list[TopicPartition]) -> None:
+        self._pending.difference_update(tps)
         if tps:
             log.info("partitions revoked: %s", ", ".join(map(str, tps)))
         self._reset.update(tps)
@@ -66,7 +71,35 @@ class KafkaSource:
     def _assigned(self, tps: list[TopicPartition]) -> None:
         if not tps:
             return
-        stored = self._lookup(tps)
+        try:
+            stored = self._lookup(tps)
+        except StoreUnavailable as exc:
+            # never start a partition anywhere but at its stored offset: hold it paused
+            # until the store answers (retried at each poll)
+            log.warning("partitions %s assigned while the state store is unavailable (%s): "
+                        "paused until their stored offsets can be read",
+                        ", ".join(map(str, tps)), exc)
+            self.consumer.pause(*[self._kafka_tp(tp) for tp in tps])
+            self._pending.update(tps)
+            return
+        self._start(tps, stored)
+
+    def _retry_pending(self) -> None:
+        owned = self.assignment()
+        tps = [tp for tp in self._pending if tp in owned]
+        self._pending.clear()
+        if not tps:
+            return
+        try:
+            stored = self._lookup(tps)
+        except StoreUnavailable:
+            self._pending.update(tps)
+            return
+        self.consumer.resume(*[self._kafka_tp(tp) for tp in tps])
+        self._start(tps, stored)
+
+    def _start(self, tps: list[TopicPartition], stored: dict[TopicPartition, int]) -> None:
+        """Seek newly assigned partitions to their stored offsets, then tell the worker."""
         for tp in tps:
             if tp in stored:
                 self.consumer.seek(self._kafka_tp(tp), stored[tp])
@@ -93,7 +126,20 @@ class KafkaSource:
         self._reset.update(positions)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
-        got = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        """Records from the owned partitions. Broker errors are logged and retried with a
+        growing pause (kafka-python reconnects by itself); they never end the worker."""
+        from kafka.errors import KafkaError
+
+        if self._pending:
+            self._retry_pending()
+        try:
+            got = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            log.warning("poll failed (%s): retrying in %.1f s", exc, self._backoff)
+            time.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
+            return []
+        self._backoff = 0.2
         out: list[Record] = []
         for ktp, msgs in got.items():
             for m in msgs:

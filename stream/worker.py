@@ -61,7 +61,9 @@ from stream.contracts import (
 )
 from stream.drift import Centroids, DriftMonitor, DriftWindow
 from stream.metrics import Metrics
+from stream.sink import SinkUnavailable
 from stream.state import NO_OFFSET, CommitRejected, OffsetMove, StateStore, StoreUnavailable
+from stream.state.lease import Lease
 from stream.topics import Emergence, TopicDelta, TopicTracker
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class Worker:
         on_assigned: Callable[[list[Document], BatchResult], None] | None = None,
         topics: TopicTracker | None = None,
         drift: DriftMonitor | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.source = source
         self.encoder = encoder
@@ -130,6 +133,9 @@ class Worker:
         self.heartbeat = time.monotonic()
         self.ready = False
         self.clusterer.set_id_allocator(store.allocate_ids)
+        self.lease = lease or Lease(store)
+        self.lease.on_change = lambda held: self.metrics.lease_held.set(int(held))
+        self.clusterer.set_maintenance_gate(self.lease)
 
     # -- hooks for the Kafka source ------------------------------------------------------
     def on_assign(self, stored: dict[TopicPartition, int | None]) -> None:
@@ -158,7 +164,8 @@ class Worker:
     def _resync(self) -> None:
         """After a refused commit: reload the model and go back to the stored offsets."""
         self.load_model()
-        owned = list(self.expected)
+        assignment = getattr(self.source, "assignment", None)
+        owned = list(dict.fromkeys([*self.expected, *(assignment() if assignment else ())]))
         stored = self.store.load_offsets(owned)
         positions: dict[TopicPartition, int | None] = {tp: stored.get(tp) for tp in owned}
         for tp, off in positions.items():
@@ -169,7 +176,31 @@ class Worker:
 
     # -- one batch -------------------------------------------------------------------------
     def process(self, records: list[Record]) -> bool:
-        """Run one batch through steps 2-6 of the commit order; False when it was dropped."""
+        """Run one batch through steps 2-6 of the commit order; False when it was dropped.
+
+        A batch is never half-applied: when the store (ids, commit) or the broker (publish,
+        flush) fails on the way, nothing of it was committed, so it is dropped: the replica
+        is reloaded and the partitions are sought back to the stored offsets, and the batch
+        is read again once the server is back (its output is then sent again).
+        """
+        try:
+            return self._process(records)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.inc()
+            log.warning("state store unavailable (%s): dropping the batch of %d records (%s); "
+                        "it will be re-read from the stored offsets", exc, len(records),
+                        _span(records))
+            self._recover()
+            return False
+        except SinkUnavailable as exc:
+            self.metrics.sink_errors.inc()
+            log.warning("publishing failed (%s): dropping the batch of %d records (%s); it "
+                        "will be re-read from the stored offsets", exc, len(records),
+                        _span(records))
+            self._recover()
+            return False
+
+    def _process(self, records: list[Record]) -> bool:
         m = self.metrics
         t0 = time.perf_counter()
         docs, bad = decode_batch(records, self.rules)
@@ -206,13 +237,6 @@ class Worker:
             self.stats.rejected += 1
             log.warning("commit refused (%s): dropping the batch of %d records, reloading the "
                         "model and seeking back to the stored offsets", exc, len(records))
-            self._resync()
-            return False
-        except StoreUnavailable as exc:
-            m.store_errors.inc()
-            log.warning("state store unavailable (%s): dropping the batch of %d records; it "
-                        "will be re-read from the stored offsets", exc, len(records))
-            self._wait_for_store()
             self._resync()
             return False
         t5 = time.perf_counter()
@@ -348,16 +372,22 @@ class Worker:
                                      exemplars=[], score=0.0, ts=ts))
         return out
 
-    def _wait_for_store(self) -> None:
+    def _recover(self) -> None:
+        """After a dropped batch: wait for the store (backing off), then resync. Readiness
+        is off meanwhile. Gives up only when the worker is asked to stop."""
+        self.ready = False
         delay = 0.2
         while not self.stop_event.is_set():
             try:
                 ping = getattr(self.store, "ping", None)
                 if ping is not None:
                     ping()
+                self._resync()
+                self.ready = True
                 return
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self.metrics.store_errors.inc()
+                log.warning("state store unavailable (%s): retrying in %.1f s", exc, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -370,8 +400,7 @@ class Worker:
 
         On stop the batch in hand is finished and committed before returning.
         """
-        self.load_model()
-        self.ready = True
+        self._recover_start()
         last_data = time.monotonic()
         last_log, logged_docs = time.monotonic(), 0
         exhausted = getattr(self.source, "exhausted", None)
@@ -390,11 +419,31 @@ class Worker:
                 log.info("idle for %.1f s: exiting", now - last_data)
                 break
             if self.stale and now - self.last_refresh >= self.refresh_interval_s:
-                self.load_model()
+                try:
+                    self.load_model()
+                except StoreUnavailable as exc:
+                    self.metrics.store_errors.inc()
+                    log.warning("refresh failed (%s): keeping the replica", exc)
+                    self.last_refresh = now
             if now - last_log >= self.log_interval_s:
                 self._log_progress(now - last_log, self.stats.docs - logged_docs)
                 last_log, logged_docs = now, self.stats.docs
+        self.lease.release()
         return self.stats
+
+    def _recover_start(self) -> None:
+        """Load the model, waiting (with backoff) for the store to answer."""
+        delay = 0.2
+        while not self.stop_event.is_set():
+            try:
+                self.load_model()
+                self.ready = True
+                return
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.inc()
+                log.warning("cannot load the model (%s): retrying in %.1f s", exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _log_progress(self, seconds: float, docs: int) -> None:
         lag_total = 0
@@ -406,3 +455,12 @@ class Worker:
         log.info("%.0f docs/s over %.0f s; %d docs, %d to DLQ, %d refused batches in all; "
                  "%d clusters; lag %d", docs / max(seconds, 1e-9), seconds, self.stats.docs,
                  self.stats.bad, self.stats.rejected, self.clusterer.n_clusters, lag_total)
+
+
+def _span(records: list[Record]) -> str:
+    """``topic[partition]@first-last`` for each partition of a batch, for log lines."""
+    spans: dict[TopicPartition, list[int]] = {}
+    for r in records:
+        lo_hi = spans.setdefault(TopicPartition(r.topic, r.partition), [r.offset, r.offset])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], r.offset), max(lo_hi[1], r.offset)
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{lo}-{hi}" for tp, (lo, hi) in spans.items())

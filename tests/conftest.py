@@ -42,6 +42,25 @@ def names() -> dict[str, str]:
             "dlq": f"dlq-{tag}", "group": f"g-{tag}", "model": f"m-{tag}"}
 
 
+def create_topic(kafka: Service, topic: str, partitions: int = 4) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka.url)
+    admin.create_topics([NewTopic(topic, partitions, 1)])
+    admin.close()
+
+
+def read_topic(kafka: Service, topic: str) -> list:
+    """Every record of ``topic`` (all partitions, from the start)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.url, auto_offset_reset="earliest",
+                             consumer_timeout_ms=3000)
+    out = list(consumer)
+    consumer.close()
+    return out
+
+
 def corpus_rows() -> list[dict[str, str]]:
     return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
 

@@ -13,10 +13,9 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka import KafkaProducer
 
-from conftest import MALFORMED, REPO, documents
+from conftest import MALFORMED, REPO, create_topic, documents, read_topic
 from stream.app import build_worker
 from stream.config import load_config
 from stream.services import Service, free_port
@@ -33,16 +32,12 @@ METRIC_NAMES = [
     "topicstream_drift_new_cluster_ratio", "topicstream_drift_centroid_movement",
     "topicstream_drift_cluster_share_js_divergence", "topicstream_drift_embedding_mean_shift",
     "topicstream_drift_window_nmi", "topicstream_drift_windows_total",
-    "topicstream_drift_events_total",
+    "topicstream_drift_events_total", "topicstream_store_errors_total",
+    "topicstream_sink_errors_total", "topicstream_commits_rejected_total",
+    "topicstream_maintenance_lease_held",
 ]
 N_DOCS = 2000
 PARTITIONS = 4
-
-
-def create_topic(kafka: Service, topic: str, partitions: int = PARTITIONS) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=kafka.url)
-    admin.create_topics([NewTopic(topic, partitions, 1)])
-    admin.close()
 
 
 def produce(kafka: Service, topic: str, docs: list[dict], malformed: list[bytes | None] = ()) -> dict[int, int]:
@@ -57,14 +52,6 @@ def produce(kafka: Service, topic: str, docs: list[dict], malformed: list[bytes 
         ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
     producer.close()
     return ends
-
-
-def read_topic(kafka: Service, topic: str) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.url, auto_offset_reset="earliest",
-                             consumer_timeout_ms=3000)
-    out = list(consumer)
-    consumer.close()
-    return out
 
 
 def settings(kafka: Service, redis: Service, names: dict[str, str], **extra) -> dict:
@@ -116,6 +103,38 @@ def test_worker_end_to_end(kafka: Service, redis_server: Service, names: dict[st
     assert all(a["keywords"] for a in asg)
     assert topics is not None and set(topics.cards) == set(state.row_labels.tolist())
     assert sum(c.size for c in topics.cards.values()) == N_DOCS
+
+
+def test_a_batch_whose_output_failed_is_dropped_and_read_again(
+        kafka: Service, redis_server: Service, names: dict[str, str]) -> None:
+    """The broker refuses one batch's output: nothing of that batch is committed, the
+    worker seeks back and reads it again, and the state still counts each document once."""
+    from stream.sink import KafkaSink, SinkUnavailable
+
+    class FlakySink(KafkaSink):
+        flushes = 0
+
+        def flush(self, timeout_s: float = 30.0) -> None:
+            FlakySink.flushes += 1
+            if FlakySink.flushes in (3, 4):
+                self._futures = []
+                raise SinkUnavailable("injected: the broker did not acknowledge")
+            super().flush(timeout_s)
+
+    create_topic(kafka, names["input"])
+    ends = produce(kafka, names["input"], documents(N_DOCS), [raw for raw, _ in MALFORMED])
+    cfg = load_config(env={}, overrides=settings(kafka, redis_server, names, exit_when_idle=6.0,
+                                                 batch_size=100))
+    sink = FlakySink(cfg.assignments_topic, cfg.events_topic, cfg.dlq_topic, cfg.kafka_client_config())
+    built = build_worker(cfg, sink=sink)
+    try:
+        stats = built.worker.run()
+    finally:
+        built.close()
+    assert FlakySink.flushes > 4
+    assert built.worker.metrics.sink_errors._value.get() == 2
+    assert stats.docs == N_DOCS  # the two dropped batches are not counted
+    check_outcome(kafka, redis_server, names, ends, N_DOCS, at_least_once=True)
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:

@@ -254,3 +254,47 @@ def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
     assert mirror.row_labels.tolist() == [8, 8]
     assert mirror.created_t.tolist() == [20.0, 39.0]
     store.close()
+
+
+def test_maintenance_lease_has_one_holder_and_passes_on(redis_server: Service) -> None:
+    from stream.state.lease import Lease
+
+    a_store = RedisStore(redis_server.url, model="lease")
+    b_store = RedisStore(redis_server.url, model="lease")
+    now = [0.0]
+    a = Lease(a_store, ttl_s=0.5, owner="a", clock=lambda: now[0])
+    b = Lease(b_store, ttl_s=0.5, owner="b", clock=lambda: now[0])
+    assert a() is True and b() is False
+    now[0] = 0.1  # within ttl/3: answered from the last reply, no round trip
+    a_store.r.delete(a_store.keys["lease"])
+    assert a() is True and b() is False
+    now[0] = 0.2  # a renews
+    assert a() is True and b() is False
+    import time
+
+    time.sleep(0.6)  # a stops renewing: the lease expires in Redis and b takes it
+    now[0] = 0.4
+    assert b() is True
+    now[0] = 0.6
+    assert a() is False
+    b.release()
+    now[0] = 0.8
+    assert a() is True
+    a_store.close()
+    b_store.close()
+
+
+def test_kmeans_maintains_only_while_its_gate_allows() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    allowed = [False]
+    km = OnlineKMeans(threshold=0.5, merge_threshold=0.0, maintain_every=100, half_life=50.0,
+                      min_weight=0.5)
+    km.set_maintenance_gate(lambda: allowed[0])
+    for i in range(0, 400, 50):
+        res = km.learn_predict(X[i:i + 50])
+        assert not len(res.merged) and not len(res.faded)
+    allowed[0] = True
+    results = [km.learn_predict(X[i:i + 50]) for i in range(0, 400, 50)]
+    assert any(len(r.merged) or len(r.faded) for r in results)

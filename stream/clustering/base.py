@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IdAllocator = Callable[[int], np.ndarray]
+# Asked when maintenance (merge, fade, prune, DenStream's offline step) is due: True when
+# this replica may run it now (it holds the model's maintenance lease).
+MaintenanceGate = Callable[[], bool]
 
 
 def decay_factor(dt: np.ndarray | float, half_life: float | None) -> np.ndarray:
@@ -264,6 +267,18 @@ class Clusterer(ABC):
     def set_id_allocator(self, allocate: IdAllocator | None) -> None:
         """Where new cluster ids come from (a shared counter when several workers run)."""
         self._allocate = allocate
+
+    def set_maintenance_gate(self, gate: MaintenanceGate | None) -> None:
+        """Who may run maintenance: with several workers on one model, only the holder of
+        the model's lease (see :class:`stream.state.lease.Lease`). When maintenance is due
+        and the gate says no, this replica skips it until the next time it is due; the
+        lease holder runs it and the others see its merges and removals when they refresh.
+        None (the default): always."""
+        self._gate = gate
+
+    def _may_maintain(self) -> bool:
+        gate: MaintenanceGate | None = getattr(self, "_gate", None)
+        return gate is None or bool(gate())
 
     def _new_ids(self, n: int) -> np.ndarray:
         """``n`` new cluster ids: from the allocator when one is set, else from ``next_id``

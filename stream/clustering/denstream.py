@@ -454,7 +454,8 @@ class DenStream(Clusterer):
         t = float(self.n_docs + n)
         removed, faded = np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self.prune_every is not None and self.n_docs + n >= self._last_pruned + self.prune_every:
-            removed, faded = self._prune(t)
+            if self._may_maintain():
+                removed, faded = self._prune(t)
             self._last_pruned = (self.n_docs + n) - (self.n_docs + n) % self.prune_every
         k = self._k
         rows = np.zeros(n, np.int64)
@@ -562,7 +563,8 @@ class DenStream(Clusterer):
         merged = np.zeros((0, 2), np.int64)
         relabelled = np.zeros(0, np.int64)
         if self.n_docs >= self._last_offline + self.offline_every:
-            relabelled, merged = self._offline(t)
+            if self._may_maintain():
+                relabelled, merged = self._offline(t)
             self._last_offline = self.n_docs - self.n_docs % self.offline_every
         # rows that only changed label travel with zero numbers; the store then decays them
         # to t (a no-op for their decayed values), and so does this copy

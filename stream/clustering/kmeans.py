@@ -29,7 +29,9 @@ class OnlineKMeans(Clusterer):
     counted in documents (see :mod:`stream.clustering.base`).
 
     Maintenance runs every ``maintain_every`` documents, before the batch that crosses the
-    mark, and reports what it did in the batch's delta and result:
+    mark (on the one replica that holds the model's lease, when several workers share it:
+    :meth:`~stream.clustering.base.Clusterer.set_maintenance_gate`), and reports what it did
+    in the batch's delta and result:
 
     - **merging** near-duplicate clusters: two clusters whose documents have a mean
       pairwise similarity (average linkage) of at least ``merge_threshold`` are folded into
@@ -329,7 +331,8 @@ class OnlineKMeans(Clusterer):
         if self.n_docs + n >= self._last_maintained + self.maintain_every:
             # at the batch's stream time, as apply_delta applies merges after the batch's sums
             # (decay is multiplicative, so the order of the two gives the same numbers)
-            merges, removed = self._maintain(t)
+            if self._may_maintain():
+                merges, removed = self._maintain(t)
             self._last_maintained = (self.n_docs + n) - (self.n_docs + n) % self.maintain_every
         k = self._k
         if k:

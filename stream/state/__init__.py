@@ -81,6 +81,10 @@ class StateStore(Protocol):
         """``n`` new cluster ids, unique across every worker of the model."""
         ...
 
+    def hold_lease(self, owner: str, ttl_ms: int) -> bool:
+        """Take the maintenance lease when free or ``owner``'s (see :mod:`stream.state.lease`)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -110,6 +110,10 @@ class MemoryStore:
             self._next_id = start + n
             return np.arange(start, start + n, dtype=np.int64)
 
+    def hold_lease(self, owner: str, ttl_ms: int) -> bool:
+        """One process, one writer: the lease is always held."""
+        return True
+
     def save(self) -> None:
         if self.snapshot_path and self._state is not None:
             save_snapshot(self.snapshot_path, self._state, self._offsets, self._topics)

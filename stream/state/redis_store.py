@@ -21,6 +21,18 @@ from stream.topics import MAX_GAP_BUCKETS, TopicDelta, TopicParams, TopicState
 
 log = logging.getLogger(__name__)
 
+# KEYS[1] lease key, ARGV[1] owner, ARGV[2] ttl in ms: take or renew, 1 when held
+LEASE_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 HEADER = 40  # '<ddddd': weight, count, last_t, created_t, label
 
 
@@ -46,7 +58,8 @@ class RedisStore:
     ``offsets`` (``topic:partition`` -> next offset), ``clusters`` (id -> packed record, see
     :func:`record_dtype`: plain numbers, never pickle), ``topics`` (cluster id, or ``all``
     for the all-clusters term sketch -> the JSON of a :class:`~stream.topics.TopicCard`)
-    and ``next_id`` (the counter that hands out cluster ids).
+    ``next_id`` (the counter that hands out cluster ids) and ``lease`` (the owner of the
+    maintenance lease, with a time to live: :mod:`stream.state.lease`).
 
     :meth:`commit` runs ``commit.lua``: one round trip, atomic, compare-and-set on the
     offsets (the fencing of zombies), then the delta, with the same arithmetic as
@@ -67,6 +80,8 @@ class RedisStore:
                                                 socket_connect_timeout=socket_timeout_s)
         script = resources.files("stream.state").joinpath("commit.lua").read_text()
         self._commit = self.r.register_script(script)
+        self._lease = self.r.register_script(LEASE_SCRIPT)
+        self._release = self.r.register_script(RELEASE_SCRIPT)
 
     def ping(self) -> None:
         try:
@@ -171,6 +186,20 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return np.arange(top - n, top, dtype=np.int64)
+
+    def hold_lease(self, owner: str, ttl_ms: int) -> bool:
+        """Take the maintenance lease when free or ``owner``'s, for ``ttl_ms`` (one script)."""
+        try:
+            return bool(self._lease(keys=[self.keys["lease"]], args=[owner, int(ttl_ms)]))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def release_lease(self, owner: str) -> None:
+        """Delete the lease if ``owner`` holds it."""
+        try:
+            self._release(keys=[self.keys["lease"]], args=[owner])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     def close(self) -> None:
         self.r.close()
