@@ -86,7 +86,7 @@ def test_a_document_joins_only_when_the_radius_after_adding_it_fits() -> None:
         probe = DenStream(eps=0.05, mu=4, beta=0.5, half_life=None)
         probe.restore(ds.snapshot())
         r = probe.learn_predict(x[None, :])
-        assert (not r.is_new_cluster[0]) == joins
+        assert (r.delta.new_ids.size == 0) == joins
 
 
 # -- decay, promotion ----------------------------------------------------------------------
@@ -125,11 +125,30 @@ def test_promotion_counts_the_decayed_weight() -> None:
 
 def test_nearest_potential_micro_cluster_is_tried_before_outliers() -> None:
     ds = DenStream(eps=0.2, mu=4, beta=0.5, half_life=None)  # beta * mu = 2
-    ds.learn_predict(np.stack([at_angle(0), at_angle(0), at_angle(40)]))  # p at 0, o at 40
-    s = ds.snapshot()
-    assert s.weights.tolist() == [2.0, 1.0]
+    ds.restore(ClusterState(  # p at 0 (weight 2), o at 40 (weight 1)
+        dim=2, ids=np.array([0, 1]), sums=np.stack([2 * at_angle(0), at_angle(40)]),
+        weights=np.array([2.0, 1.0]), counts=np.array([2, 1]), last_t=np.full(2, 3.0),
+        created_t=np.zeros(2), n_docs=3, next_id=2))
+    assert ds.potential().tolist() == [True, False]
     r = ds.learn_predict(at_angle(25)[None, :])  # nearer the o-micro, fits the p-micro
-    assert r.cluster_ids.tolist() == [s.ids[0]]
+    assert r.cluster_ids.tolist() == [0]
+    assert ds.snapshot().weights.tolist() == [3.0, 1.0]
+
+
+def test_novel_documents_of_a_batch_group_by_the_radius_test() -> None:
+    """Documents that fit no micro-cluster are grouped as the paper's one-document step
+    would: a document joins the nearest new group when the radius after adding it is at
+    most eps, though it is farther than eps from the group's centre."""
+    eps = 0.1
+    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None)
+    X = np.stack([at_angle(0), at_angle(0), at_angle(30), at_angle(100)])
+    assert 1 - math.cos(math.radians(30)) > eps  # farther than eps from the centre
+    assert float(cosine_radius(X[:3].sum(0), 3.0)) <= eps  # but the radius fits
+    r = ds.learn_predict(X)
+    s = ds.snapshot()
+    assert s.counts.tolist() == [3, 1] and ds.n_micro_clusters == 2
+    assert r.cluster_ids.tolist()[:3] == [0, 0, 0]
+    assert r.is_new_cluster.tolist() == [True, False, False, True]
 
 
 # -- pruning -------------------------------------------------------------------------------
@@ -222,11 +241,13 @@ def test_components_match_a_reference_union_find() -> None:
 
 
 def test_a_chain_of_micro_clusters_gets_one_label() -> None:
-    """A-B and B-C are within 2*eps, A-C is not: density-connected through B, so one label
-    (river's one-hop expansion from A never reaches C)."""
-    eps = 0.1  # 2*eps: cosine >= 0.8, about 36.9 degrees
-    assert 1 - math.cos(math.radians(60)) > 2 * eps >= 1 - math.cos(math.radians(30))
-    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None)
+    """A-B and B-C are within offline_eps, A-C is not: the three core micro-clusters are
+    density-connected through B, so one label (river's one-hop expansion from A never
+    reaches C)."""
+    off = 0.2  # cosine >= 0.8, about 36.9 degrees
+    assert 1 - math.cos(math.radians(60)) > off >= 1 - math.cos(math.radians(30))
+    # eps small enough that the three stories open three micro-clusters of weight 3 = mu
+    ds = DenStream(eps=0.02, mu=3, beta=0.5, half_life=None, offline_eps=off)
     X = np.stack([at_angle(0)] * 3 + [at_angle(30)] * 3 + [at_angle(60)] * 3)
     r = ds.learn_predict(X)
     assert ds.n_micro_clusters == 3 and ds.n_clusters == 1
@@ -236,7 +257,8 @@ def test_a_chain_of_micro_clusters_gets_one_label() -> None:
 
 def test_a_bridge_merges_two_labels_and_reports_it() -> None:
     """A (label 0) and C (label 1) are apart; the outlier B (label 2) between them becomes
-    potential and connects both: labels 1 and 2 merge into 0, C's row changes label only."""
+    a core micro-cluster and connects both: labels 1 and 2 merge into 0, C's row changes
+    label only."""
     eps = 0.1
     d = 2
     # A and C full (radius eps, weight 30), so that B's documents fit neither of them
@@ -246,10 +268,10 @@ def test_a_bridge_merges_two_labels_and_reports_it() -> None:
         weights=np.array([30.0, 30.0, 1.0]), counts=np.array([30, 30, 1]),
         last_t=np.full(3, 61.0), created_t=np.array([0.0, 0.0, 61.0]),
         labels=np.array([0, 1, 2]), n_docs=61, next_id=3)
-    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None)
+    ds = DenStream(eps=eps, mu=3, beta=0.5, half_life=None, offline_eps=2 * eps)
     ds.restore(state)
     before = ds.snapshot()
-    r = ds.learn_predict(np.stack([b, b]))
+    r = ds.learn_predict(np.stack([b, b]))  # B: weight 3 = mu, a core micro-cluster
     assert r.cluster_ids.tolist() == [0, 0]
     assert r.merged.tolist() == [[1, 0], [2, 0]]
     after = ds.snapshot()
@@ -261,6 +283,42 @@ def test_a_bridge_merges_two_labels_and_reports_it() -> None:
     applied = apply_delta(before, r.delta, None)
     assert_same_state(applied, after)
     np.testing.assert_array_equal(applied.sorted().sums[1], before.sums[1])
+
+
+def test_a_potential_micro_cluster_that_is_not_core_joins_but_does_not_chain() -> None:
+    """As in the bridge above, but B ends at weight 3 < mu = 4: potential, not core. It is a
+    border of the offline DBSCAN: it joins its nearest core micro-cluster (A, 28 degrees
+    away; C is 32) and does not connect A with C, though both are within offline_eps."""
+    eps = 0.1
+    a, b, c = at_angle(0), at_angle(28), at_angle(60)
+    assert 1 - math.cos(math.radians(32)) <= 2 * eps < 1 - math.cos(math.radians(60))
+    state = ClusterState(
+        dim=2, ids=np.array([0, 1, 2]), sums=np.stack([26 * a, 26 * c, b]).astype(np.float32),
+        weights=np.array([30.0, 30.0, 1.0]), counts=np.array([30, 30, 1]),
+        last_t=np.full(3, 61.0), created_t=np.array([0.0, 0.0, 61.0]),
+        labels=np.array([0, 1, 2]), n_docs=61, next_id=3)
+    ds = DenStream(eps=eps, mu=4, beta=0.5, half_life=None, offline_eps=2 * eps)
+    ds.restore(state)
+    r = ds.learn_predict(np.stack([b, b]))
+    assert ds.potential().tolist() == [True, True, True]
+    assert r.merged.tolist() == [[2, 0]]
+    assert ds.snapshot().row_labels.tolist() == [0, 1, 0]
+    assert r.cluster_ids.tolist() == [0, 0] and ds.n_clusters == 2
+
+
+def test_core_micro_clusters_connect_within_offline_eps_not_2_eps() -> None:
+    """The offline connection distance is its own parameter: two cores 30 degrees apart
+    (cosine distance 0.134) stay apart with offline_eps=0.1 and connect with 0.15, whatever
+    the online radius eps."""
+    state = ClusterState(
+        dim=2, ids=np.array([0, 1]), sums=np.stack([5 * at_angle(0), 5 * at_angle(30)]),
+        weights=np.array([5.0, 5.0]), counts=np.array([5, 5]), last_t=np.full(2, 10.0),
+        created_t=np.zeros(2), n_docs=10, next_id=2)
+    for off, n_clusters in ((0.1, 2), (0.15, 1)):
+        ds = DenStream(eps=0.01, mu=4, beta=0.5, half_life=None, offline_eps=off)
+        ds.restore(state)
+        ds.learn_predict(at_angle(0)[None, :])
+        assert ds.n_clusters == n_clusters
 
 
 def test_label_only_rows_keep_their_decayed_numbers() -> None:
@@ -394,11 +452,12 @@ def test_full_capacity_evicts_the_lightest_micro_cluster_not_joined() -> None:
 
 
 def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> None:
-    """A document that fits no micro-cluster but lies within 2 eps of a p-micro-cluster's
-    centre is labelled with that cluster; its weight goes to a new o-micro-cluster, which
-    keeps its own label. Farther than 2 eps, the document keeps the new label."""
+    """A document that fits no micro-cluster but lies within border_eps of a
+    p-micro-cluster's centre is labelled with that cluster; its weight goes to a new
+    o-micro-cluster, which keeps its own label. Farther out, the document keeps the new
+    label."""
     eps = 0.1
-    ds = DenStream(eps=eps, mu=3, beta=0.5, half_life=None)
+    ds = DenStream(eps=eps, mu=3, beta=0.5, half_life=None, border_eps=2 * eps)
     members = np.stack([at_angle(25), at_angle(-25)])  # radius 1 - cos 25 = 0.094, w=2
     ds.restore(ClusterState(
         dim=2, ids=np.array([0]), sums=members.sum(0, keepdims=True), weights=np.array([2.0]),
@@ -408,7 +467,7 @@ def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> Non
         x = at_angle(deg)
         assert float(cosine_radius(members.sum(0) + x, 3.0)) > eps  # fits no micro-cluster
         assert (1 - math.cos(math.radians(deg)) <= 2 * eps) == border  # 0.181 and 0.234
-        probe = DenStream(eps=eps, mu=3, beta=0.5, half_life=None)
+        probe = DenStream(eps=eps, mu=3, beta=0.5, half_life=None, border_eps=2 * eps)
         probe.restore(ds.snapshot())
         r = probe.learn_predict(x[None, :])
         s = probe.snapshot()
@@ -416,6 +475,24 @@ def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> Non
         assert r.delta.new_ids.tolist() == [1] and r.is_outlier.tolist() == [True]
         assert r.cluster_ids.tolist() == ([0] if border else [1])
         assert r.is_new_cluster.tolist() == [not border]
+
+
+def test_documents_are_labelled_after_the_batch() -> None:
+    """Labels are given against the micro-clusters as the batch leaves them: documents of a
+    new micro-cluster that the batch made potential take its own label, not a nearby older
+    cluster's; a document left in an o-micro-cluster is a border of a p-micro-cluster that
+    the same batch created."""
+    old = np.stack([at_angle(0)] * 3)
+    ds = DenStream(eps=0.02, mu=3, beta=0.5, half_life=None, offline_eps=0.05, border_eps=0.3)
+    ds.learn_predict(old)  # label 0: a core at 0 degrees
+    # a new story at 40 degrees (cosine distance 0.23 from label 0: within border_eps), and
+    # one document at 70 degrees that fits neither, within border_eps of the new story (0.13)
+    # only (label 0: 0.66)
+    r = ds.learn_predict(np.stack([at_angle(40), at_angle(40), at_angle(70)]))
+    assert r.delta.new_ids.tolist() == [1, 2]
+    assert r.cluster_ids.tolist() == [1, 1, 1]
+    assert r.is_outlier.tolist() == [False, False, True]
+    assert r.is_new_cluster.tolist() == [True, False, False]
 
 
 def test_id_allocator_is_used() -> None:
@@ -442,6 +519,8 @@ def test_empty_batch_and_empty_state() -> None:
     (dict(half_life=0), "half_life=0 should be > 0"),
     (dict(max_micro_clusters=0), "max_micro_clusters=0 should be >= 1"),
     (dict(offline_every=0), "offline_every=0 should be >= 1"),
+    (dict(offline_eps=0), "offline_eps=0 should be > 0 and <= 2"),
+    (dict(border_eps=2.5), "border_eps=2.5 should be >= 0 and <= 2"),
     (dict(dim=0), "dim=0 should be >= 1"),
 ])
 def test_constructor_validates(kwargs: dict[str, float], message: str) -> None:
