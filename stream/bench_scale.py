@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,8 +163,6 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
         stage_s: dict[str, float] = {}
         batches = 0
         for _, port in procs:
-            import urllib.request
-
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             for le, c in commit_buckets(body):
                 buckets[le] = buckets.get(le, 0.0) + c

@@ -274,11 +274,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
              f"dim {X.shape[1]}); docs/s is the clustering step alone")
     bench.print_table(rows, title, sys.stdout)
     if args.json:
-        payload = json.dumps(bench.rows_as_json(rows), indent=2)
-        if args.json == "-":
-            print(payload)
-        else:
-            Path(args.json).write_text(payload + "\n")
+        _write_json(args.json, bench.rows_as_json(rows))
     return 0
 
 
@@ -327,11 +323,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"  {r.workers:>7}  " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_ms_per_batch.items()))
     if args.json:
-        payload = json.dumps([r.as_json() for r in rows], indent=2)
-        if args.json == "-":
-            print(payload)
-        else:
-            Path(args.json).write_text(payload + "\n")
+        _write_json(args.json, [r.as_json() for r in rows])
     return 0
 
 
@@ -394,13 +386,17 @@ def cmd_bench_emerging(args: argparse.Namespace) -> int:
         if len(alerts) > len(shown):
             print(f"  ... {len(alerts) - len(shown)} more (--show N, or --json)")
     if args.json:
-        payload = json.dumps({**report, "alert_list": [dataclasses.asdict(a) for a in alerts]},
-                             indent=2)
-        if args.json == "-":
-            print(payload)
-        else:
-            Path(args.json).write_text(payload + "\n")
+        _write_json(args.json, {**report, "alert_list": [dataclasses.asdict(a) for a in alerts]})
     return 0
+
+
+def _write_json(dest: str, obj: Any) -> None:
+    """A benchmark's ``--json FILE`` (``-``: standard output)."""
+    payload = json.dumps(obj, indent=2)
+    if dest == "-":
+        print(payload)
+    else:
+        Path(dest).write_text(payload + "\n")
 
 
 def _fmt(v: Any, spec: str) -> str:

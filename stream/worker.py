@@ -373,21 +373,23 @@ class Worker:
         return out
 
     def _recover(self) -> None:
-        """After a dropped batch: wait for the store (backing off), then resync. Readiness
-        is off meanwhile. Gives up only when the worker is asked to stop."""
+        """After a dropped batch: wait for the store, then reload the model and seek back
+        to the stored offsets. Readiness is off meanwhile."""
         self.ready = False
+        self._until_store_answers(self._resync, "state store unavailable")
+
+    def _until_store_answers(self, action: Callable[[], None], what: str) -> None:
+        """Run ``action`` until the store lets it through, backing off from 0.2 s to 5 s
+        between tries; then the worker is ready. Gives up only when asked to stop."""
         delay = 0.2
         while not self.stop_event.is_set():
             try:
-                ping = getattr(self.store, "ping", None)
-                if ping is not None:
-                    ping()
-                self._resync()
+                action()
                 self.ready = True
                 return
             except StoreUnavailable as exc:
                 self.metrics.store_errors.inc()
-                log.warning("state store unavailable (%s): retrying in %.1f s", exc, delay)
+                log.warning("%s (%s): retrying in %.1f s", what, exc, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -400,7 +402,7 @@ class Worker:
 
         On stop the batch in hand is finished and committed before returning.
         """
-        self._recover_start()
+        self._until_store_answers(self.load_model, "cannot load the model")
         last_data = time.monotonic()
         last_log, logged_docs = time.monotonic(), 0
         exhausted = getattr(self.source, "exhausted", None)
@@ -430,20 +432,6 @@ class Worker:
                 last_log, logged_docs = now, self.stats.docs
         self.lease.release()
         return self.stats
-
-    def _recover_start(self) -> None:
-        """Load the model, waiting (with backoff) for the store to answer."""
-        delay = 0.2
-        while not self.stop_event.is_set():
-            try:
-                self.load_model()
-                self.ready = True
-                return
-            except StoreUnavailable as exc:
-                self.metrics.store_errors.inc()
-                log.warning("cannot load the model (%s): retrying in %.1f s", exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, 5.0)
 
     def _log_progress(self, seconds: float, docs: int) -> None:
         lag_total = 0

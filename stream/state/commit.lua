@@ -175,6 +175,14 @@ if topics_json and topics_json ~= '' then
   all.t = t
   redis.call('HSET', KEYS[4], 'all', cjson.encode(all))
 
+  -- alerted flag, first and last document time, size: the same for a card delta and a card
+  local function absorb_counts(c, d)
+    if d.a == 1 then c.a = 1 end
+    c.f = math.min(c.f, d.f)
+    c.l = math.max(c.l, d.l)
+    c.s = c.s + d.s
+  end
+
   local cards = {}
   for id, d in pairs(td.c) do
     local c = load(id)
@@ -188,10 +196,7 @@ if topics_json and topics_json ~= '' then
       roll(c, bc[1])
       c.n = c.n + bc[2]
     end
-    if d.a == 1 then c.a = 1 end
-    c.f = math.min(c.f, d.f)
-    c.l = math.max(c.l, d.l)
-    c.s = c.s + d.s
+    absorb_counts(c, d)
     cards[id] = c
   end
 
@@ -215,10 +220,7 @@ if topics_json and topics_json ~= '' then
         b.m = b.m + a.m
         b.v = b.v + a.v
       end
-      if a.a == 1 then b.a = 1 end
-      b.f = math.min(b.f, a.f)
-      b.l = math.max(b.l, a.l)
-      b.s = b.s + a.s
+      absorb_counts(b, a)
       cards[src] = false
     end
   end
