@@ -27,6 +27,12 @@ class Encoder(Protocol):
 
     name: str
     dim: int
+    device: str  # where it runs: "cpu", "cuda", "cuda:1"
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens encoded so far: model tokens, or terms for the hashing encoder."""
+        ...
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return an ``(len(texts), dim)`` float32 array whose rows have unit L2 norm."""

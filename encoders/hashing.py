@@ -63,6 +63,8 @@ class HashingEncoder:
         self.default_threshold = 0.15  # cosine to join a cluster, chosen on news.jsonl
         self.df = np.zeros(n_features, dtype=np.float64)
         self.n_docs = 0
+        self.device = "cpu"
+        self.tokens_seen = 0
 
     def _hash_terms(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         hashes: list[int] = []
@@ -83,6 +85,7 @@ class HashingEncoder:
         if n == 0:
             return out
         h, doc = self._hash_terms(texts)
+        self.tokens_seen += int(h.size)
         if h.size:
             feature = (h & np.uint64(self.n_features - 1)).astype(np.int64)
             # term frequency per (document, feature)

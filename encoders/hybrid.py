@@ -49,10 +49,15 @@ class HybridEncoder:
         self.lexical = HashingEncoder(dim=hashing_dim, idf=False)
         self.lexical_weight = float(lexical_weight)
         self.dim = int(semantic.dim) + hashing_dim
+        self.device = semantic.device
         self.name = f"hybrid:{semantic.name}+{self.lexical.name}*{lexical_weight:g}"
         # chosen on news.jsonl, checked unchanged on news-t.jsonl (README, quality)
         self.default_threshold = 0.3
         self.default_merge_threshold = 0.22
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.semantic.tokens_seen
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         n = len(texts)

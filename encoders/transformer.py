@@ -93,6 +93,7 @@ class TransformerEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.name = f"transformer:{path.name if path.name != 'model' else path.parent.name}"
         self._torch = torch
+        self.tokens_seen = 0
         self.default_threshold = 0.4  # cosine to join a cluster, for sentence-transformer models
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -106,6 +107,7 @@ class TransformerEncoder:
             return out
         ids = self.tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        self.tokens_seen += int(lengths.sum())
         order = np.argsort(-lengths, kind="stable")
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):

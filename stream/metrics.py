@@ -95,5 +95,12 @@ class Metrics:
                                      "Drift windows closed.", registry=r)
         self.drift_events = Counter("topicstream_drift_events_total",
                                     "Windows whose divergence crossed drift_threshold.", registry=r)
+        # encoder (encoders/)
+        self.encoder_tokens = Counter("topicstream_encoder_tokens_total",
+                                      "Tokens encoded: model tokens for a transformer, terms for "
+                                      "the hashing encoder.", registry=r)
+        self.encoder_info = Gauge("topicstream_encoder_info",
+                                  "1 for the encoder in use, labelled by its name and device.",
+                                  ["encoder", "device"], registry=r)
         for stage in STAGES:
             self.stage_seconds.labels(stage)

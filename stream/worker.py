@@ -117,6 +117,7 @@ class Worker:
         self.model_name = model_name
         self.batcher = MicroBatcher(source, batch_size, max_wait_ms)
         self.metrics = metrics or Metrics()
+        self.metrics.encoder_info.labels(encoder.name, encoder.device).set(1)
         self.refresh_interval_s = refresh_interval_s
         self.log_interval_s = log_interval_s
         self.exit_when_idle = exit_when_idle
@@ -212,7 +213,9 @@ class Worker:
         emerged: list[Emergence] = []
         windows: list[DriftWindow] = []
         if docs:
+            tokens_before = self.encoder.tokens_seen
             X = self.encoder.encode([d.text for d in docs])
+            m.encoder_tokens.inc(self.encoder.tokens_seen - tokens_before)
             t2 = time.perf_counter()
             result = self.clusterer.learn_predict(X)
             t3 = time.perf_counter()
