@@ -151,6 +151,57 @@ def test_novel_documents_of_a_batch_group_by_the_radius_test() -> None:
     assert r.is_new_cluster.tolist() == [True, False, False, True]
 
 
+def test_grouping_of_novel_documents_matches_one_document_at_a_time() -> None:
+    """The Gram-matrix grouping of novel documents equals the plain sequential rule: each
+    document, in order, joins the group whose centre is nearest if the radius after adding
+    it is at most eps, else opens a group while the budget lasts."""
+    ds = DenStream(eps=0.2, half_life=None)
+    for seed, budget in ((0, 100), (1, 7), (2, 0)):
+        X = blobs(150, 12, dim=24, noise=0.5, seed=seed)
+        sums: list[np.ndarray] = []
+        counts: list[int] = []
+        expect = []
+        for x in X.astype(np.float64):
+            g = -1
+            if sums:
+                sims = [float(s @ x) / np.linalg.norm(s) for s in sums]
+                j = int(np.argmax(sims))
+                if float(cosine_radius(sums[j] + x, counts[j] + 1.0)) <= 0.2 + 1e-6:
+                    g = j
+            if g < 0 and len(sums) < budget:
+                g = len(sums)
+                sums.append(np.zeros_like(x))
+                counts.append(0)
+            if g >= 0:
+                sums[g] = sums[g] + x
+                counts[g] += 1
+            expect.append(g)
+        assert ds._leaders(X, budget).tolist() == expect
+
+
+def test_incremental_offline_step_equals_comparing_everything() -> None:
+    """Borders left settled (no core within reach) are compared with the changed cores
+    only; the labels over a stream equal those of an offline step that compares all."""
+
+    class Full(DenStream):
+        def _offline(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+            self._dirty[:self._k] = True
+            self._settled[:self._k] = False
+            return super()._offline(t)
+
+    X = blobs(3000, 30, dim=16, noise=0.6, seed=5)
+    a, b = DenStream(eps=0.15, half_life=500), Full(eps=0.15, half_life=500)
+    merges = settled = 0
+    for i in range(0, len(X), 50):
+        ra, rb = a.learn_predict(X[i:i + 50]), b.learn_predict(X[i:i + 50])
+        assert ra.cluster_ids.tolist() == rb.cluster_ids.tolist()
+        assert ra.merged.tolist() == rb.merged.tolist()
+        merges += len(ra.merged)
+        settled += int(a._settled[:a._k].sum())
+    assert merges > 0 and settled > 0  # the shortcut was exercised
+    assert_same_state(a.snapshot(), b.snapshot())
+
+
 # -- pruning -------------------------------------------------------------------------------
 def test_pruning_period_and_xi_follow_the_paper() -> None:
     ds = DenStream(eps=0.1, mu=4, beta=0.5, half_life=1000.0)

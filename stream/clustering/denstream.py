@@ -300,6 +300,9 @@ class DenStream(Clusterer):
         self._created_t = np.zeros(capacity, np.float64)
         self._labels = np.zeros(capacity, np.int64)
         self._dirty = np.zeros(capacity, bool)  # changed since the last offline step
+        # a lonely p-micro-cluster compared with every core at the last offline step and left
+        # without one within offline_eps (see _offline)
+        self._settled = np.zeros(capacity, bool)
 
     def restore(self, state: ClusterState) -> None:
         k = len(state)
@@ -363,8 +366,9 @@ class DenStream(Clusterer):
         age = np.asarray(t, np.float64) - np.asarray(created_t, np.float64)
         return (np.exp2(-lam * (age + tp)) - 1.0) / (np.exp2(-lam * tp) - 1.0)
 
-    def _refresh(self, rows: np.ndarray) -> None:
-        s = self._sums[rows]
+    def _refresh(self, rows: np.ndarray, sums: np.ndarray | None = None) -> None:
+        """Recompute the norms and centres of ``rows`` (whose sums are ``sums`` if given)."""
+        s = self._sums[rows] if sums is None else sums
         norms = np.linalg.norm(s, axis=1)
         self._norms[rows] = norms
         self._centres[rows] = s / np.maximum(norms, 1e-12)[:, None].astype(np.float32)
@@ -388,7 +392,8 @@ class DenStream(Clusterer):
     def _compact(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (ascending), moved to the front in their order."""
         for arr in (self._ids, self._sums, self._centres, self._norms, self._weights,
-                    self._counts, self._last_t, self._created_t, self._labels, self._dirty):
+                    self._counts, self._last_t, self._created_t, self._labels, self._dirty,
+                    self._settled):
             arr[:keep.size] = arr[keep]
         self._k = keep.size
 
@@ -405,32 +410,49 @@ class DenStream(Clusterer):
         Core pairs are compared incrementally: only cores changed since the last offline step
         are compared with the others. Two that did not change kept their centres and were
         already cores then (weights only grow when a row changes), so if connected they
-        already share a label. The few borders without a core label are compared in full."""
+        already share a label. Borders without a core label are compared in full the first
+        time; one that is still unchanged and was *settled* then (no core within reach) is
+        compared with the changed cores only, since every other core is an unchanged one it
+        already failed to reach."""
         k = self._k
         w = self._weights[:k] * decay_factor(t - self._last_t[:k], self.half_life)
         pot = w >= self.min_weight
         core = w >= self.mu
-        cand = np.flatnonzero(core & self._dirty[:k])
+        dirty = self._dirty[:k].copy()
+        settled = self._settled[:k] & ~dirty
+        cand = np.flatnonzero(core & dirty)
         self._dirty[:k] = False
+        self._settled[:k] = False
         none = np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
         cores = np.flatnonzero(core)
         if cores.size == 0:
             return none
         labels = self._labels[:k]
         need = np.float32(1.0 - self.offline_eps)
-        if cores.size == 1:
-            cand = cand[:0]
+        linked = cand if cores.size > 1 else cand[:0]  # cores compared with every core
         lonely = np.flatnonzero(pot & ~core & ~np.isin(labels, labels[cores]))
-        if cand.size + lonely.size == 0:
+        fresh, old = lonely[~settled[lonely]], lonely[settled[lonely]]
+        if linked.size + fresh.size == 0 and (old.size == 0 or cand.size == 0):
+            self._settled[old] = True
             return none
-        sims = self._centres[np.concatenate([cand, lonely])] @ self._centres[cores].T
-        i, j = np.nonzero(sims[:cand.size] >= need)  # core to core
-        a, b = cand[i], cores[j]
-        if lonely.size:  # border to its nearest core
-            sims = sims[cand.size:]
-            j = sims.argmax(axis=1)
-            ok = sims[np.arange(lonely.size), j] >= need
-            a, b = np.concatenate([a, lonely[ok]]), np.concatenate([b, cores[j[ok]]])
+        sims = self._centres[np.concatenate([linked, fresh])] @ self._centres[cores].T
+        i, j = np.nonzero(sims[:linked.size] >= need)  # core to core
+        pairs_a, pairs_b = [linked[i]], [cores[j]]
+        for rows, against, S in ((fresh, cores, sims[linked.size:]),
+                                 (old, cand, None)):  # border to its nearest core
+            if rows.size == 0:
+                continue
+            if against.size == 0:
+                self._settled[rows] = True
+                continue
+            if S is None:
+                S = self._centres[rows] @ self._centres[against].T
+            j = S.argmax(axis=1)
+            ok = S[np.arange(rows.size), j] >= need
+            pairs_a.append(rows[ok])
+            pairs_b.append(against[j[ok]])
+            self._settled[rows[~ok]] = True
+        a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
         la, lb = labels[a], labels[b]
         differ = la != lb
         if not differ.any():
@@ -452,13 +474,42 @@ class DenStream(Clusterer):
         local group per row, -1 when the budget of new micro-clusters ran out and no group
         takes the document.
 
-        Works on the documents' Gram matrix: ``dots[i, g]`` holds the dot product of novel
-        document ``i`` with group ``g``'s sum, so a step reads one row and adds one column."""
+        Works on the documents' Gram matrix: ``dots[g, i]`` holds the dot product of group
+        ``g``'s sum with novel document ``i``, kept up to date for the documents still to
+        come, so a step reads one column and adds one contiguous row."""
         m = len(Xn)
         group = np.full(m, -1, np.int64)
         size = min(m, max(budget, 0))
         if m == 0:
             return group
+        gram = Xn @ Xn.T
+        diag = gram.diagonal().astype(np.float64).tolist()
+        dots = np.zeros((max(size, 1), m), np.float32)
+        inv_norms = np.ones(max(size, 1), np.float32)  # 1 / norm of each group's sum
+        norm = [0.0] * max(size, 1)  # the norms as Python floats
+        counts = [0] * max(size, 1)  # documents of each group (no decay within a batch)
+        eps = self.eps
+        n_groups = 0
+        for i in range(m):  # loops over novel documents only; vector work is one row op
+            if n_groups:
+                row = dots[:n_groups, i]
+                j = int((row * inv_norms[:n_groups]).argmax())
+                grown = math.sqrt(max(norm[j] * norm[j] + 2.0 * float(row[j]) + diag[i], 1e-24))
+                if 1.0 - grown / (counts[j] + 1.0) <= eps:  # the radius test of _fits
+                    group[i] = j
+                    norm[j] = grown
+                    inv_norms[j] = 1.0 / grown
+                    counts[j] += 1
+                    dots[j, i + 1:] += gram[i, i + 1:]
+                    continue
+            if n_groups < size:
+                group[i] = n_groups
+                dots[n_groups, i + 1:] = gram[i, i + 1:]
+                norm[n_groups] = math.sqrt(max(diag[i], 1e-24))
+                inv_norms[n_groups] = 1.0 / norm[n_groups]
+                counts[n_groups] = 1
+                n_groups += 1
+        return group
         gram = Xn @ Xn.T
         diag = gram.diagonal().astype(np.float64).tolist()
         dots = np.zeros((m, max(size, 1)), np.float32)
@@ -585,7 +636,7 @@ class DenStream(Clusterer):
         new_ids = np.zeros(0, np.int64)
         if novel.size:
             joined = rows[taken]
-            budget = self.max_micro_clusters - k + (k - np.unique(joined).size)
+            budget = self.max_micro_clusters - int(np.count_nonzero(np.bincount(joined, minlength=k)))
             group = self._leaders(X[novel], budget)
             placed = group >= 0
             n_groups = int(group.max()) + 1 if placed.any() else 0
@@ -630,11 +681,14 @@ class DenStream(Clusterer):
         # decayed update of the touched micro-clusters
         urows, dsums, dcounts = _sum_rows(rows, X)
         f = decay_factor(t - self._last_t[urows], self.half_life)
-        self._sums[urows] = self._sums[urows] * f[:, None].astype(np.float32) + dsums
+        block = self._sums[urows]
+        block *= f[:, None].astype(np.float32)
+        block += dsums
+        self._sums[urows] = block
         self._weights[urows] = self._weights[urows] * f + dcounts
         self._counts[urows] += dcounts
         self._last_t[urows] = t
-        self._refresh(urows)
+        self._refresh(urows, block)
         self._dirty[urows] = True
         self.n_docs += n
         self.version += 1
@@ -646,7 +700,10 @@ class DenStream(Clusterer):
             self._last_offline = self.n_docs - self.n_docs % self.offline_every
         # rows that only changed label travel with zero numbers; the store then decays them
         # to t (a no-op for their decayed values), and so does this copy
-        only = np.setdiff1d(relabelled, urows)
+        mark = np.zeros(self._k, bool)
+        mark[relabelled] = True
+        mark[urows] = False
+        only = np.flatnonzero(mark)
         if only.size:
             f = decay_factor(t - self._last_t[only], self.half_life)
             self._sums[only] = (self._sums[only] * f[:, None]).astype(np.float32)
