@@ -39,8 +39,10 @@ class Encoder(Protocol):
         ...
 
 
-def load_encoder(spec: str, device: str = "auto", batch_size: int = 128) -> Encoder:
-    """Build an encoder from ``KIND[:ARG]`` (see the module docstring)."""
+def load_encoder(spec: str, device: str = "auto", batch_size: int = 128, precision: str = "auto",
+                 max_tokens: int = 16384, compile: bool = False) -> Encoder:
+    """Build an encoder from ``KIND[:ARG]`` (see the module docstring); the other arguments
+    go to the transformer (:class:`~encoders.transformer.TransformerEncoder`)."""
     kind, _, arg = spec.partition(":")
     if kind == "hashing":
         from encoders.hashing import HashingEncoder
@@ -51,12 +53,15 @@ def load_encoder(spec: str, device: str = "auto", batch_size: int = 128) -> Enco
     if kind == "transformer":
         from encoders.transformer import TransformerEncoder
 
-        return TransformerEncoder(arg or None, device=device, batch_size=batch_size)
+        return TransformerEncoder(arg or None, device=device, batch_size=batch_size,
+                                  precision=precision, max_tokens=max_tokens, compile=compile)
     if kind == "hybrid":
         from encoders.hybrid import HybridEncoder
         from encoders.transformer import TransformerEncoder
 
-        return HybridEncoder(TransformerEncoder(arg or None, device=device, batch_size=batch_size))
+        return HybridEncoder(TransformerEncoder(arg or None, device=device, batch_size=batch_size,
+                                                precision=precision, max_tokens=max_tokens,
+                                                compile=compile))
     raise ValueError(f"encoder={spec!r} should be 'hybrid[:PATH]', 'transformer[:PATH]' or "
                      "'hashing[:DIM]'")
 

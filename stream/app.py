@@ -68,7 +68,9 @@ def build_clusterer(cfg: Config, encoder: Encoder) -> Clusterer:
 
 def build_encoder(cfg: Config) -> Encoder:
     try:
-        return load_encoder(cfg.encoder, device=cfg.device, batch_size=cfg.encode_batch_size)
+        return load_encoder(cfg.encoder, device=cfg.device, batch_size=cfg.encode_batch_size,
+                            precision=cfg.encoder_precision, max_tokens=cfg.encode_max_tokens,
+                            compile=cfg.encoder_compile)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise Unreachable(f"encoder {cfg.encoder!r}: {exc}") from exc
 

@@ -327,6 +327,74 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_encoder(args: argparse.Namespace) -> int:
+    from stream.bench_encoder import long_documents, print_encoder_row, run_encoder_bench
+
+    cfg = _config(args)
+    if args.repeat < 1:
+        raise CliError(f"--repeat={args.repeat} should be >= 1")
+    if args.tokens < 0 or args.limit < 0 or args.pipeline < 0:
+        raise CliError("--tokens, --limit and --pipeline should be >= 0")
+    if args.dataset:
+        path = Path(args.dataset)
+        if not path.is_file():
+            raise CliError(f"no such file: {path}")
+        texts = _read_texts(path, cfg.text_field)
+    else:
+        from stream.demo import load_corpus
+
+        texts = [row["text"] for row in load_corpus()]
+    if not texts:
+        raise CliError("no texts to encode")
+    pipeline = None
+    if args.pipeline:
+        from stream.bench_scale import run_scale
+
+        def pipeline() -> float:
+            docs = [{"id": f"doc-{i}", "text": texts[i % len(texts)]} for i in range(args.pipeline)]
+            settings = {"encoder": "transformer", "device": cfg.device,
+                        "encoder_precision": cfg.encoder_precision,
+                        "encode_batch_size": cfg.encode_batch_size,
+                        "encode_max_tokens": cfg.encode_max_tokens, "batch_size": cfg.batch_size,
+                        "session_timeout_ms": 6000}
+            return run_scale(docs, [1], 1, settings)[0].docs_per_s
+    try:
+        if args.tokens:
+            from encoders.transformer import TransformerEncoder
+
+            tok = TransformerEncoder(device="cpu", precision="fp32")
+            texts = long_documents(texts, args.tokens, lambda t: [len(x) for x in tok.tokenize(t)])
+        if args.limit:
+            texts = texts[:args.limit]
+        row = run_encoder_bench(texts, device=cfg.device, precision=cfg.encoder_precision,
+                                batch_size=cfg.encode_batch_size, max_tokens=cfg.encode_max_tokens,
+                                repeat=args.repeat, sample=min(args.sample, len(texts)),
+                                pipeline=pipeline)
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    print_encoder_row(row, sys.stdout)
+    if args.json:
+        _write_json(args.json, row.as_json())
+    return 0
+
+
+def _read_texts(path: Path, field: str) -> list[str]:
+    """The ``field`` strings of a JSONL file (labels not needed)."""
+    texts = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line).get(field)
+            except (ValueError, AttributeError) as exc:
+                raise CliError(f"{path}:{n}: not a JSON object ({exc})") from exc
+            if not isinstance(value, str):
+                raise CliError(f"{path}:{n}: needs a string {field!r}")
+            texts.append(value)
+    return texts
+
+
 def cmd_bench_emerging(args: argparse.Namespace) -> int:
     from stream import bench
     from stream.app import build_worker
@@ -495,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="documents given to the river peers, which are slow (default 3000)")
     q.add_argument("--no-peers", action="store_true", help="only topicstream's clusterers")
     q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
-    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "batch_size", "threshold",
+    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "encode_max_tokens",
+                               "encoder_precision", "batch_size", "threshold",
                                "merge_threshold", "max_clusters", "k", "half_life", "min_weight",
                                "maintain_every", "clusterer_params", "text_field", "label_field"))
     q.set_defaults(func=cmd_bench_quality)
@@ -530,6 +599,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(q, only=("encoder", "device", "batch_size", "clusterer", "clusterer_params",
                                "max_clusters", "session_timeout_ms"))
     q.set_defaults(func=cmd_bench_scale)
+
+    q = bsub.add_parser("encoder", help="the transformer encoder against sentence-transformers "
+                        "on the same texts and device: docs/s, tokens/s, padding, TFLOP/s")
+    q.add_argument("--dataset", metavar="PATH",
+                   help="JSONL with a text field (default: the demo corpus)")
+    q.add_argument("--limit", type=int, default=0, help="only the first N texts")
+    q.add_argument("--tokens", type=int, default=0,
+                   help="join consecutive texts into documents of about N tokens (e.g. 256)")
+    q.add_argument("--repeat", type=int, default=2, help="timed runs per side; the best counts")
+    q.add_argument("--sample", type=int, default=2000,
+                   help="texts on which sentence-transformers' settings are chosen (default 2000)")
+    q.add_argument("--pipeline", type=int, default=0, metavar="N",
+                   help="also run one worker over N of the texts through a private broker and "
+                        "Redis, and compare its documents/s")
+    q.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-': stdout)")
+    _add_config_flags(q, only=("device", "encoder_precision", "encode_batch_size",
+                               "encode_max_tokens", "batch_size", "text_field"))
+    q.set_defaults(func=cmd_bench_encoder)
 
     p = sub.add_parser("inspect", help="show the clusters in a state store")
     p.add_argument("--top", type=int, default=20, help="largest clusters to show (default 20)")

@@ -70,7 +70,10 @@ class Config:
     max_wait_ms: int = 500
     encoder: str = "hybrid"
     device: str = "auto"
-    encode_batch_size: int = 128
+    encode_batch_size: int = 128  # most rows per forward pass of a transformer
+    encode_max_tokens: int = 16384  # most padded tokens per forward pass
+    encoder_precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto: fp16 on CUDA, bf16 on a CPU that has it
+    encoder_compile: bool = False  # torch.compile the transformer (CUDA)
     clusterer: str = "kmeans"  # kmeans | denstream | river:NAME (e.g. river:DBSTREAM)
     clusterer_params: str = ""  # NAME=VALUE,... passed to the clusterer's constructor
     threshold: float | None = None  # None: the encoder's default_threshold
@@ -105,6 +108,9 @@ class Config:
             (self.batch_size >= 1, f"batch_size={self.batch_size} should be >= 1"),
             (self.max_wait_ms >= 0, f"max_wait_ms={self.max_wait_ms} should be >= 0"),
             (self.encode_batch_size >= 1, f"encode_batch_size={self.encode_batch_size} should be >= 1"),
+            (self.encode_max_tokens >= 1, f"encode_max_tokens={self.encode_max_tokens} should be >= 1"),
+            (self.encoder_precision in ("auto", "fp32", "bf16", "fp16"),
+             f"encoder_precision={self.encoder_precision!r} should be 'auto', 'fp32', 'bf16' or 'fp16'"),
             (self.threshold is None or -1.0 <= self.threshold <= 1.0,
              f"threshold={self.threshold} should be within [-1, 1]"),
             (self.max_clusters >= 1, f"max_clusters={self.max_clusters} should be >= 1"),

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import REPO
 from encoders import Encoder, load_encoder
 from encoders.hashing import HashingEncoder
 
@@ -37,23 +38,78 @@ def test_load_encoder_specs() -> None:
         load_encoder("word2vec")
 
 
+def varied_texts(n: int = 200) -> list[str]:
+    """``n`` texts unlike each other in length, script and form: news titles from the demo
+    corpus, long articles past the model's 256 tokens, accents, CJK, emoji, numbers, URLs,
+    single words and punctuation."""
+    import json
+
+    titles = [json.loads(line)["text"] for line in (REPO / "stream" / "demo_corpus.jsonl")
+              .read_text().splitlines()]
+    odd = ["Zürich café owners protest rent rises", "东京股市收盘上涨", "Séisme de magnitude 6,1 au large du Chili",
+           "🚀 launch delayed again 🙄", "GDP +2.4% y/y in Q3; CPI 3.1%", "https://example.org/a?b=c",
+           "strike", "???", "Breaking: " + "very " * 30 + "long headline", "ALL CAPS TITLE ABOUT PORTS",
+           "Москва объявила о переговорах", "مباحثات السلام تستأنف", "1 2 3 4 5 6 7 8 9 10"]
+    texts = list(odd)
+    for i in range(n):
+        if len(texts) >= n:
+            break
+        t = titles[(i * 7) % len(titles)]
+        texts.append(" ".join([t] * (1 + i % 40)) if i % 5 == 0 else t)  # up to ~600 tokens
+    return texts[:n]
+
+
 @pytest.fixture(scope="module")
 def transformer():
     from encoders.transformer import TransformerEncoder
 
-    return TransformerEncoder(device="cpu", batch_size=4)
+    return TransformerEncoder(device="cpu", batch_size=4, precision="fp32")
 
 
-def test_transformer_matches_sentence_transformers(transformer) -> None:
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """sentence-transformers' embeddings of :func:`varied_texts`, fp32 on the CPU."""
     from sentence_transformers import SentenceTransformer
 
     from encoders.transformer import default_model_dir
 
-    texts = [t for t in TEXTS if t] + ["a much longer text " * 40]
-    ours = transformer.encode(texts)
-    ref = SentenceTransformer(str(default_model_dir()), device="cpu").encode(texts, normalize_embeddings=True)
-    assert ours.shape == (len(texts), 384)
-    assert (ours * ref).sum(1).min() >= 0.999
+    model = SentenceTransformer(str(default_model_dir()), device="cpu")
+    return model.encode(varied_texts(), normalize_embeddings=True, batch_size=32)
+
+
+def test_varied_texts_are_200_and_some_pass_the_token_limit(transformer) -> None:
+    texts = varied_texts()
+    lengths = [len(x) for x in transformer.tokenize(texts)]
+    assert len(set(texts)) == 200 and max(lengths) == transformer.max_length and min(lengths) <= 4
+
+
+def test_transformer_fp32_matches_sentence_transformers(transformer, reference) -> None:
+    ours = transformer.encode(varied_texts())
+    assert ours.shape == (200, 384) and ours.dtype == np.float32
+    assert (ours * reference).sum(1).min() >= 0.999
+
+
+def test_reduced_precision_matches_sentence_transformers(reference) -> None:
+    from encoders.transformer import TransformerEncoder, cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    enc = TransformerEncoder(device="cpu", precision="bf16")
+    assert enc.precision == "bf16"
+    ours = enc.encode(varied_texts())
+    cos = (ours * reference).sum(1)
+    assert cos.min() >= 0.99 and cos.min() < 0.999999  # bf16 really ran
+
+
+def test_precision_is_checked_against_the_device() -> None:
+    from encoders.transformer import resolve_precision
+
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="precision='fp16' runs on CUDA only"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision='int4' should be one of"):
+        resolve_precision("int4", "cpu")
 
 
 def test_transformer_keeps_input_order(transformer) -> None:
@@ -61,6 +117,68 @@ def test_transformer_keeps_input_order(transformer) -> None:
     together = transformer.encode(texts)
     alone = np.stack([transformer.encode([t])[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_batching_does_not_change_the_vectors(transformer) -> None:
+    """Token budget, rows per pass and tokenising chunks change how the work is cut, not the
+    result."""
+    texts = varied_texts(60)
+    base = transformer.encode(texts)
+    old = (transformer.batch_size, transformer.max_tokens, transformer.chunk_size)
+    try:
+        transformer.batch_size, transformer.max_tokens, transformer.chunk_size = 64, 300, 7
+        np.testing.assert_allclose(transformer.encode(texts), base, atol=1e-5)
+    finally:
+        transformer.batch_size, transformer.max_tokens, transformer.chunk_size = old
+
+
+def test_plan_batches_respects_rows_and_token_budget() -> None:
+    from encoders.transformer import plan_batches
+
+    rng = np.random.default_rng(0)
+    widths = np.sort(rng.integers(1, 300, 1000))[::-1]
+    spans = plan_batches(widths, max_rows=64, max_tokens=2048)
+    assert spans[0][0] == 0 and spans[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    for s, e in spans:
+        assert e - s <= 64 and ((e - s) * widths[s] <= 2048 or e - s == 1)
+
+
+def test_padding_is_vectorised_and_exact() -> None:
+    from encoders.transformer import pad
+
+    ids = [[1, 2, 3, 4], [5], [6, 7]]
+    batch, mask = pad(ids)
+    assert batch.tolist() == [[1, 2, 3, 4], [5, 0, 0, 0], [6, 7, 0, 0]]
+    assert mask.sum(1).tolist() == [4, 1, 2]
+
+
+def test_out_of_memory_splits_the_batch_and_loses_nothing(transformer, monkeypatch) -> None:
+    """A pass that raises CUDA out-of-memory is split in two and retried; the vectors are the
+    same and the token budget shrinks for what follows (forced here on the CPU)."""
+    import torch
+
+    texts = varied_texts(40)
+    base = transformer.encode(texts)
+    real = type(transformer)._forward
+    calls: list[int] = []
+
+    def forward(self, batch, mask):
+        calls.append(len(batch))
+        if len(batch) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, batch, mask)
+
+    monkeypatch.setattr(type(transformer), "_forward", forward)
+    old = (transformer.batch_size, transformer.max_tokens)
+    try:
+        transformer.batch_size, transformer.max_tokens = 16, 100_000
+        got = transformer.encode(texts)
+        assert transformer.max_tokens < 100_000
+    finally:
+        transformer.batch_size, transformer.max_tokens = old
+    np.testing.assert_allclose(got, base, atol=1e-5)
+    assert max(calls) == 16 and max(c for c in calls if c <= 3) <= 3
 
 
 def test_cuda_asked_without_cuda_is_a_clear_error() -> None:

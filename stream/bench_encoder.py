@@ -1,0 +1,206 @@
+"""``topicstream bench encoder``: the transformer encoder against sentence-transformers.
+
+Both encode the same texts on the same device in the same run. The baseline is
+sentence-transformers' ``encode`` at its best settings: each of fp32 and the device's half
+precision (fp16 on CUDA, bf16 on a CPU with native bfloat16) at each candidate batch size is
+timed on a sample, and the fastest is timed on the whole set. Each side is timed ``repeat``
+times after a warm-up and its best run counts.
+
+Figures: documents/s, real tokens/s, the padding ratio (padded tokens that were padding), the
+smallest cosine between our vectors and sentence-transformers' fp32 vectors, and on CUDA the
+achieved TFLOP/s (2 x encoder parameters x padded tokens, plus attention's
+4 x layers x dim x width**2 per sequence; the embedding tables are lookups, not counted)
+next to the device's dense fp16 peak.
+
+With ``pipeline=True`` it also runs one worker (``topicstream run``) with the same encoder
+settings over a private broker and Redis, and reports its steady documents/s: the worker
+encodes in micro-batches while it polls, clusters, publishes and commits.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from encoders.transformer import TransformerEncoder, cpu_has_bf16, default_model_dir
+
+log = logging.getLogger(__name__)
+
+#: dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of the device name
+PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
+               ("L40S", 362.1), ("L4", 121.0), ("A10", 125.0))
+
+
+@dataclass
+class EncoderRow:
+    """One ``bench encoder`` result (``--json`` writes these fields)."""
+
+    device: str
+    device_name: str
+    precision: str
+    documents: int
+    mean_tokens: float
+    docs_per_s: float
+    tokens_per_s: float
+    padding_ratio: float
+    tflops: float | None
+    peak_tflops: float | None
+    baseline_docs_per_s: float
+    baseline: str
+    ratio: float
+    cosine_min: float
+    pipeline_docs_per_s: float | None = None
+    pipeline_ratio: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def long_documents(texts: Sequence[str], tokens: int, count: Callable[[list[str]], list[int]]
+                   ) -> list[str]:
+    """Documents of about ``tokens`` tokens each, made by joining consecutive texts."""
+    lengths = count(list(texts))
+    out: list[str] = []
+    i, n = 0, len(texts)
+    while i < n:
+        parts: list[str] = []
+        total = 0
+        while total < tokens and len(parts) < n:
+            parts.append(texts[i % n])
+            total += lengths[i % n] - 2  # [CLS] and [SEP] are counted once per document
+            i += 1
+        out.append(" ".join(parts))
+    return out
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _best_seconds(run: Callable[[], Any], device: str, repeat: int) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = run()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _baseline(texts: Sequence[str], device: str, batch_sizes: Sequence[int], repeat: int,
+              sample: int) -> tuple[float, str, np.ndarray]:
+    """sentence-transformers' fastest settings on a sample, then timed on all the texts.
+    Returns (documents/s, settings, fp32 vectors of the sample)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    half = torch.float16 if device.startswith("cuda") else (
+        torch.bfloat16 if cpu_has_bf16() else None)
+    some = list(texts[:sample])
+    reference = None
+    best: tuple[float, Any, int, str] | None = None
+    for dtype in [torch.float32] + ([half] if half is not None else []):
+        model = SentenceTransformer(str(default_model_dir()), device=device).to(dtype)
+        for bs in batch_sizes:
+            def run(m: Any = model, b: int = bs) -> Any:
+                return m.encode(some, batch_size=b, normalize_embeddings=True,
+                                show_progress_bar=False, convert_to_numpy=True)
+            run()  # warm-up
+            seconds, vecs = _best_seconds(run, device, 1)
+            if dtype == torch.float32 and reference is None:
+                reference = np.asarray(vecs, np.float32)
+            name = f"{str(dtype).removeprefix('torch.')}, batch_size={bs}"
+            log.info("sentence-transformers %s: %.0f docs/s on the sample", name, len(some) / seconds)
+            if best is None or seconds < best[0]:
+                best = (seconds, model, bs, name)
+    assert best is not None and reference is not None
+    _, fastest, bs, name = best
+    best = None
+    seconds, _ = _best_seconds(
+        lambda: fastest.encode(list(texts), batch_size=bs, normalize_embeddings=True,
+                               show_progress_bar=False, convert_to_numpy=True), device, repeat)
+    return len(texts) / seconds, name, reference
+
+
+def _time_ours(texts: Sequence[str], enc: TransformerEncoder, repeat: int, sample: int
+               ) -> tuple[str, str, float, float, float, float, int, np.ndarray]:
+    """(device, precision, best seconds, real, padded tokens and attention FLOPs per run,
+    encoder parameters, vectors of the sample)."""
+    dev = enc.device
+    enc.encode(list(texts[:512]))  # warm-up: kernels, allocator, tokenizer threads
+    before = (enc.tokens_seen, enc.padded_tokens_seen, enc.attention_flops)
+    seconds, _ = _best_seconds(lambda: enc.encode(texts), dev, repeat)
+    real = (enc.tokens_seen - before[0]) / repeat
+    padded = (enc.padded_tokens_seen - before[1]) / repeat
+    attention = (enc.attention_flops - before[2]) / repeat
+    ours_sample = enc.encode(list(texts[:sample]))
+    enc.close()
+    return (dev, enc.precision, seconds, real, padded, attention, enc.flop_params, ours_sample)
+
+
+def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str = "auto",
+                      batch_size: int = 128, max_tokens: int = 16384, repeat: int = 2,
+                      sample: int = 2000, batch_sizes: Sequence[int] | None = None,
+                      pipeline: Callable[[], float] | None = None) -> EncoderRow:
+    """Time our encoder and sentence-transformers on ``texts`` (see the module docstring)."""
+    ours = _time_ours(texts, TransformerEncoder(device=device, precision=precision,
+                                                batch_size=batch_size, max_tokens=max_tokens),
+                      repeat, sample)
+    dev, resolved, seconds, real, padded, attention, flop_params, ours_sample = ours
+    gc.collect()
+    if batch_sizes is None:
+        batch_sizes = (64, 128, 256, 512, 1024) if dev.startswith("cuda") else (32, 64, 128, 256)
+    base_dps, base_name, reference = _baseline(texts, dev, batch_sizes, repeat, sample)
+    tflops = peak = None
+    name = _device_name(dev)
+    if dev.startswith("cuda"):
+        tflops = (2.0 * flop_params * padded + attention) / seconds / 1e12
+        peak = next((p for key, p in PEAK_TFLOPS if key in name), None)
+    docs_per_s = len(texts) / seconds
+    pipe = pipeline() if pipeline is not None else None
+    return EncoderRow(
+        device=dev, device_name=name, precision=resolved,
+        documents=len(texts), mean_tokens=real / len(texts), docs_per_s=docs_per_s,
+        tokens_per_s=real / seconds, padding_ratio=1.0 - real / max(padded, 1.0),
+        tflops=tflops, peak_tflops=peak, baseline_docs_per_s=base_dps, baseline=base_name,
+        ratio=docs_per_s / base_dps,
+        cosine_min=float((ours_sample * reference).sum(1).min()),
+        pipeline_docs_per_s=pipe, pipeline_ratio=None if pipe is None else pipe / docs_per_s)
+
+
+def print_encoder_row(r: EncoderRow, out: Any) -> None:
+    print(f"bench encoder: {r.documents} documents, {r.mean_tokens:.1f} tokens each on average; "
+          f"device {r.device} ({r.device_name}), precision {r.precision}", file=out)
+    print(f"  topicstream          {r.docs_per_s:>10,.0f} docs/s  {r.tokens_per_s:>12,.0f} tokens/s"
+          f"  padding {r.padding_ratio:.1%}  min cosine to sentence-transformers fp32 "
+          f"{r.cosine_min:.4f}", file=out)
+    if r.tflops is not None:
+        peak = f" of {r.peak_tflops:,.0f} peak ({r.tflops / r.peak_tflops:.1%})" \
+            if r.peak_tflops else " (peak unknown for this device)"
+        print(f"  achieved             {r.tflops:>10,.1f} TFLOP/s{peak}", file=out)
+    print(f"  sentence-transformers{r.baseline_docs_per_s:>10,.0f} docs/s  ({r.baseline}, its "
+          f"fastest here)", file=out)
+    print(f"  ratio                {r.ratio:>10.2f} x", file=out)
+    if r.pipeline_docs_per_s is not None and r.pipeline_ratio is not None:
+        print(f"  one worker, end to end {r.pipeline_docs_per_s:>8,.0f} docs/s  "
+              f"({r.pipeline_ratio:.0%} of the raw encoder)", file=out)
