@@ -26,12 +26,17 @@ system-deps:
 	  apt-get install -y -qq prometheus >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } || \
 	  echo "could not install prometheus: metric names are checked without promtool"; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose (Debian package: checks deploy/compose; not the engine)"; \
+	  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } || \
+	  echo "could not install docker-compose: the compose file is not checked"; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/topicstream demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check stream encoders tests
+	$(BIN)/ruff check stream encoders tests deploy
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint
