@@ -171,7 +171,7 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         max_wait_ms=cfg.max_wait_ms, metrics=metrics, refresh_interval_s=cfg.refresh_interval_s,
         log_interval_s=cfg.log_interval_s, exit_when_idle=cfg.exit_when_idle,
         topics=TopicTracker(cfg.topic_params()),
-        drift=DriftMonitor(cfg.drift_window, cfg.drift_threshold))
+        drift=DriftMonitor(cfg.drift_window, cfg.drift_threshold), encode_ahead=cfg.encode_ahead)
     if input_file is not None:
         from stream.sink import FileSink
         from stream.source import FileSource

@@ -306,6 +306,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         texts = [row["text"] for row in load_corpus()]
     docs = [{"id": f"doc-{i}", "text": texts[i % len(texts)]} for i in range(args.docs)]
     settings = {"encoder": cfg.encoder, "device": cfg.device, "batch_size": cfg.batch_size,
+                "encoder_precision": cfg.encoder_precision, "encode_ahead": cfg.encode_ahead,
                 "clusterer": cfg.clusterer, "clusterer_params": cfg.clusterer_params,
                 "max_clusters": cfg.max_clusters, "session_timeout_ms": cfg.session_timeout_ms}
     rows = run_scale(docs, counts, args.partitions, settings, args.timeout, args.keep_logs)
@@ -596,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=600.0, help="seconds per worker count")
     q.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
-    _add_config_flags(q, only=("encoder", "device", "batch_size", "clusterer", "clusterer_params",
-                               "max_clusters", "session_timeout_ms"))
+    _add_config_flags(q, only=("encoder", "device", "encoder_precision", "encode_ahead",
+                               "batch_size", "clusterer", "clusterer_params", "max_clusters",
+                               "session_timeout_ms"))
     q.set_defaults(func=cmd_bench_scale)
 
     q = bsub.add_parser("encoder", help="the transformer encoder against sentence-transformers "

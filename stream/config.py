@@ -74,6 +74,7 @@ class Config:
     encode_max_tokens: int = 16384  # most padded tokens per forward pass
     encoder_precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto: fp16 on CUDA, bf16 on a CPU that has it
     encoder_compile: bool = False  # torch.compile the transformer (CUDA)
+    encode_ahead: bool = True  # encode the next batch while this one is clustered and committed
     clusterer: str = "kmeans"  # kmeans | denstream | river:NAME (e.g. river:DBSTREAM)
     clusterer_params: str = ""  # NAME=VALUE,... passed to the clusterer's constructor
     threshold: float | None = None  # None: the encoder's default_threshold

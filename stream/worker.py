@@ -19,6 +19,15 @@ Commit order, for every micro-batch
    offset + 1, guarded by a compare-and-set on the former.
 6. Mirror the new offsets into Kafka's group offsets (best effort, for lag tools only).
 
+Encoding ahead (``encode_ahead``, on by default): while the worker runs steps 3 (cluster
+onwards) to 6 of batch n, batch n+1 has already been polled and decoded and is being encoded
+on a background thread, so the encoder, usually the slowest stage, never waits for the
+broker or the store. Only the pure encoding runs early: clustering, publishing and
+committing stay strictly in batch order, on the worker's thread. When batch n is dropped (a
+refused commit, an unavailable store or broker), batch n+1 is dropped with it, since the
+partitions were sought back to the stored offsets; it is read again. The price is latency at
+low rates: a batch waits for the next poll (at most ``max_wait_ms``) before it is committed.
+
 What follows from it:
 
 - A worker killed before 5 committed nothing: its partitions are re-read from the stored
@@ -42,6 +51,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +88,17 @@ class WorkerStats:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class Prepared:
+    """A polled batch, decoded, its valid texts encoding (or encoded)."""
+
+    records: list[Record]
+    docs: list[Document]
+    bad: list[BadRecord]
+    decode_s: float
+    encoded: Future[tuple[np.ndarray, int, float]] | None  # (X, tokens, seconds)
+
+
 class Worker:
     """Runs the pipeline until stopped (or idle for ``exit_when_idle`` seconds).
 
@@ -107,6 +128,7 @@ class Worker:
         topics: TopicTracker | None = None,
         drift: DriftMonitor | None = None,
         lease: Lease | None = None,
+        encode_ahead: bool = True,
     ) -> None:
         self.source = source
         self.encoder = encoder
@@ -137,6 +159,8 @@ class Worker:
         self.lease = lease or Lease(store)
         self.lease.on_change = lambda held: self.metrics.lease_held.set(int(held))
         self.clusterer.set_maintenance_gate(self.lease)
+        self.encode_ahead = encode_ahead
+        self._encoding = ThreadPoolExecutor(1, thread_name_prefix="encode")
 
     # -- hooks for the Kafka source ------------------------------------------------------
     def on_assign(self, stored: dict[TopicPartition, int | None]) -> None:
@@ -176,7 +200,22 @@ class Worker:
             seek(positions)
 
     # -- one batch -------------------------------------------------------------------------
-    def process(self, records: list[Record]) -> bool:
+    def prepare(self, records: list[Record]) -> Prepared:
+        """Step 2 and the start of step 3: decode the batch and start encoding its valid
+        texts on the encoding thread (in submission order)."""
+        t0 = time.perf_counter()
+        docs, bad = decode_batch(records, self.rules)
+        decode_s = time.perf_counter() - t0
+        encoded = self._encoding.submit(self._encode, [d.text for d in docs]) if docs else None
+        return Prepared(records, docs, bad, decode_s, encoded)
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, int, float]:
+        t0 = time.perf_counter()
+        before = self.encoder.tokens_seen
+        X = self.encoder.encode(texts)
+        return X, self.encoder.tokens_seen - before, time.perf_counter() - t0
+
+    def process(self, batch: list[Record] | Prepared) -> bool:
         """Run one batch through steps 2-6 of the commit order; False when it was dropped.
 
         A batch is never half-applied: when the store (ids, commit) or the broker (publish,
@@ -184,8 +223,10 @@ class Worker:
         is reloaded and the partitions are sought back to the stored offsets, and the batch
         is read again once the server is back (its output is then sent again).
         """
+        prep = batch if isinstance(batch, Prepared) else self.prepare(batch)
+        records = prep.records
         try:
-            return self._process(records)
+            return self._process(prep)
         except StoreUnavailable as exc:
             self.metrics.store_errors.inc()
             log.warning("state store unavailable (%s): dropping the batch of %d records (%s); "
@@ -201,21 +242,19 @@ class Worker:
             self._recover()
             return False
 
-    def _process(self, records: list[Record]) -> bool:
+    def _process(self, prep: Prepared) -> bool:
         m = self.metrics
-        t0 = time.perf_counter()
-        docs, bad = decode_batch(records, self.rules)
-        t1 = time.perf_counter()
+        records, docs, bad = prep.records, prep.docs, prep.bad
         moves = [OffsetMove(tp, self.expected.get(tp, NO_OFFSET), new)
                  for tp, new in next_offsets(records).items()]
         result: BatchResult | None = None
         topic_delta: TopicDelta | None = None
         emerged: list[Emergence] = []
         windows: list[DriftWindow] = []
-        if docs:
-            tokens_before = self.encoder.tokens_seen
-            X = self.encoder.encode([d.text for d in docs])
-            m.encoder_tokens.inc(self.encoder.tokens_seen - tokens_before)
+        encode_s = 0.0
+        if prep.encoded is not None:
+            X, tokens, encode_s = prep.encoded.result()
+            m.encoder_tokens.inc(tokens)
             t2 = time.perf_counter()
             result = self.clusterer.learn_predict(X)
             t3 = time.perf_counter()
@@ -253,7 +292,7 @@ class Worker:
         if self.on_assigned is not None and result is not None:
             self.on_assigned(docs, result)
         # metrics
-        for stage, seconds in (("decode", t1 - t0), ("encode", t2 - t1), ("cluster", t3 - t2),
+        for stage, seconds in (("decode", prep.decode_s), ("encode", encode_s), ("cluster", t3 - t2),
                                ("topics", t35 - t3), ("publish", t4 - t35), ("commit", t5 - t4)):
             m.stage_seconds.labels(stage).observe(seconds)
         m.docs_in.inc(len(records))
@@ -403,20 +442,29 @@ class Worker:
     def run(self) -> WorkerStats:
         """Process batches until :meth:`stop` (e.g. on SIGTERM) or idle; returns counters.
 
-        On stop the batch in hand is finished and committed before returning.
+        On stop the batch in hand (with ``encode_ahead``, the one polled last) is finished and
+        committed before returning.
         """
         self._until_store_answers(self.load_model, "cannot load the model")
         last_data = time.monotonic()
         last_log, logged_docs = time.monotonic(), 0
         exhausted = getattr(self.source, "exhausted", None)
+        ahead: Prepared | None = None  # polled, encoding, not yet processed
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
             tp0 = time.perf_counter()
             records = self.batcher.next_batch()
             self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - tp0)
             now = time.monotonic()
+            polled = self.prepare(records) if records else None
+            if not self.encode_ahead and polled is not None:
+                ahead, polled = polled, None
+            if ahead is not None and not self.process(ahead) and polled is not None:
+                log.info("dropping the %d records polled after it (%s): they are read again",
+                         len(polled.records), _span(polled.records))
+                polled = None
+            ahead = polled
             if records:
-                self.process(records)
                 last_data = now
             elif exhausted is not None and self.source.exhausted:  # type: ignore[attr-defined]
                 break
@@ -433,6 +481,9 @@ class Worker:
             if now - last_log >= self.log_interval_s:
                 self._log_progress(now - last_log, self.stats.docs - logged_docs)
                 last_log, logged_docs = now, self.stats.docs
+        if ahead is not None:  # stopped: finish the batch in hand
+            self.process(ahead)
+        self._encoding.shutdown(wait=True)
         self.lease.release()
         return self.stats
 
