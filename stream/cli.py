@@ -1,4 +1,4 @@
-"""The ``topicstream`` command: run, produce, cluster, inspect, demo.
+"""The ``topicstream`` command: run, produce, cluster, inspect, state, bench, demo.
 
 A user mistake (bad flag value, missing file, unreachable server) ends with one line naming
 what is wrong and a non-zero exit status, never a traceback.
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream.config import Config, ConfigError, load_config
+from stream.config import ENV_PREFIX, Config, ConfigError, load_config
+from stream.logs import LOG_FORMATS, configure_logging, set_log_format
 
 log = logging.getLogger("topicstream")
 
@@ -47,8 +48,12 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
 def _config(args: argparse.Namespace, **forced: Any) -> Config:
     overrides = {k[4:]: ",".join(v) if isinstance(v, list) else v
                  for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    if getattr(args, "log_format", None) and "log_format" not in overrides:
+        overrides["log_format"] = args.log_format  # the global flag, before the command
     overrides.update({k: v for k, v in forced.items() if k not in overrides})
-    return load_config(args.config, overrides=overrides)
+    cfg = load_config(args.config, overrides=overrides)
+    set_log_format(cfg.log_format)  # the settings file may name it too
+    return cfg
 
 
 class Progress:
@@ -74,9 +79,8 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    configure_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     if not verbose:
         logging.getLogger("kafka").setLevel(logging.WARNING)
         for name in ("transformers", "httpx", "huggingface_hub"):
@@ -517,6 +521,78 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- state export / import ------------------------------------------------------------------
+def _state_target(cfg: Config, verb: str) -> tuple[str, Path | None]:
+    """What ``state export`` / ``state import`` talk to, for messages, and where a river
+    model lies beside the state file (None for Redis)."""
+    if cfg.redis_url:
+        from stream.state.redis_store import redact
+
+        return f"model {cfg.model!r} at {redact(cfg.redis_url)}", None
+    if not cfg.state_file:
+        raise CliError(f"state {verb} needs a store: give --redis-url (and --model) or "
+                       "--state-file")
+    return f"state file {cfg.state_file}", Path(cfg.state_file + ".river")
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" if n == 1 else f"{n} partitions"
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    from stream.app import build_store
+    from stream.state.export import export_store, write_export
+
+    cfg = _config(args)
+    where, river_file = _state_target(cfg, "export")
+    if not cfg.redis_url and not Path(str(cfg.state_file)).is_file():
+        raise CliError(f"no such state file: {cfg.state_file}")
+    store = build_store(cfg)
+    try:
+        source = ({"store": "redis", "model": cfg.model} if cfg.redis_url else
+                  {"store": "memory", "state_file": Path(str(cfg.state_file)).name})
+        exp = export_store(store, river_file=river_file, source=source)
+    except ValueError as exc:
+        raise CliError(f"{where}: {exc}") from exc
+    finally:
+        if cfg.redis_url:  # closing the in-memory store would rewrite its file
+            store.close()
+    size = write_export(args.path, exp)
+    print(f"exported {where}: {len(exp.state)} clusters, {exp.state.n_docs} documents, "
+          f"version {exp.state.version}, {len(exp.topics.cards) if exp.topics else 0} topic "
+          f"cards, offsets of {_partitions(len(exp.offsets))}"
+          f"{', a signed river model' if exp.river else ''} -> {args.path} ({size:,} bytes)")
+    return 0
+
+
+def cmd_state_import(args: argparse.Namespace) -> int:
+    from stream.app import build_store
+    from stream.state import StoreNotEmpty
+    from stream.state.export import import_store, read_export
+
+    cfg = _config(args)
+    where, river_file = _state_target(cfg, "import")
+    exp = read_export(args.path)  # validated whole before the store is touched
+    store = build_store(cfg)
+    try:
+        import_store(store, exp, offsets=not args.no_offsets, force=args.force,
+                     river_file=river_file,
+                     state_key=cfg.state_key.encode() if cfg.state_key else None)
+    except StoreNotEmpty as exc:
+        raise CliError(f"{exc}; nothing was changed (--force replaces it)") from exc
+    finally:
+        if cfg.redis_url:  # the in-memory store wrote its file in the import
+            store.close()
+    offsets = ("offsets left as they were (--no-offsets)" if args.no_offsets else
+               f"offsets of {_partitions(len(exp.offsets))}: the input resumes where the "
+               "export was taken")
+    print(f"imported {args.path} into {where}: {len(exp.state)} clusters, "
+          f"{exp.state.n_docs} documents, version {exp.state.version}, "
+          f"{len(exp.topics.cards) if exp.topics else 0} topic cards, {offsets}"
+          f"{', a signed river model' if exp.river else ''}")
+    return 0
+
+
 # -- demo ----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
@@ -528,6 +604,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="topicstream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="log lines as text (default) or one JSON object per line "
+                             "(also the setting log_format, TOPICSTREAM_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the service: Kafka in, assignments and events out")
@@ -628,6 +707,27 @@ def build_parser() -> argparse.ArgumentParser:
                                "n_keywords"))
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("state", help="export a model's state to a file, or import one "
+                       "(backup, migration between stores, seeding)")
+    ssub = p.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    store_flags = ("redis_url", "redis_password", "state_file", "model", "log_format")
+    q = ssub.add_parser("export", help="write the clusterer state, topic cards and committed "
+                        "offsets of a model to PATH (.gz: gzip'd JSON)")
+    q.add_argument("path", metavar="PATH")
+    _add_config_flags(q, only=store_flags)
+    q.set_defaults(func=cmd_state_export)
+    q = ssub.add_parser("import", help="write an exported state into a store (an empty model "
+                        "unless --force)")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--force", action="store_true",
+                   help="replace a model that already has state")
+    q.add_argument("--no-offsets", action="store_true",
+                   help="leave the target's stored offsets as they are (e.g. seeding an "
+                        "environment that reads another topic); by default the input resumes "
+                        "where the export was taken")
+    _add_config_flags(q, only=(*store_flags, "state_key"))
+    q.set_defaults(func=cmd_state_import)
+
     p = sub.add_parser("demo", help="embedded broker and Redis, a sample stream, the topics found")
     p.add_argument("--encoder", default="transformer", help="transformer (default) or hashing")
     p.set_defaults(func=cmd_demo)
@@ -637,7 +737,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    # the format is known before the settings file is read (a bad value is reported by it)
+    wanted = (args.log_format or getattr(args, "cfg_log_format", None)
+              or os.environ.get(ENV_PREFIX + "LOG_FORMAT"))
+    _setup_logging(args.verbose, wanted if wanted in LOG_FORMATS else "text")
     from stream.app import Unreachable
     from stream.state import CommitRejected, StoreUnavailable
 

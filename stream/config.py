@@ -102,6 +102,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0: no HTTP server
     log_interval_s: float = 10.0
+    log_format: str = "text"  # text | json (one JSON object per line: stream.logs)
     exit_when_idle: float | None = None
 
     def validate(self) -> Config:
@@ -143,6 +144,8 @@ class Config:
             (self.exit_when_idle is None or self.exit_when_idle > 0,
              f"exit_when_idle={self.exit_when_idle} should be > 0"),
             (self.drift_window >= 2, f"drift_window={self.drift_window} should be >= 2"),
+            (self.log_format in ("text", "json"),
+             f"log_format={self.log_format!r} should be 'text' or 'json'"),
             (0.0 < self.drift_threshold <= 1.0,
              f"drift_threshold={self.drift_threshold} should be > 0 and <= 1 (bits)"),
         ]

@@ -164,3 +164,63 @@ def test_unknown_clusterer_param_is_a_one_line_error(tmp_path: Path) -> None:
     proc = cli("cluster", str(corpus), "--encoder", "hashing", "--clusterer-param", "nonsense=1",
                "--out", str(tmp_path / "a.jsonl"))
     assert_one_line_error(proc, "nonsense")
+
+
+def json_lines(stderr: str) -> list[dict]:
+    """Every line of ``stderr``, each of which must be one JSON object."""
+    out = []
+    for line in stderr.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        out.append(obj)
+    return out
+
+
+def test_log_format_json_writes_json_lines_to_stderr(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in documents(30)) + "\n")
+    state = tmp_path / "state.npz"
+    args = ["cluster", str(data), "--encoder", "hashing", "--state-file", str(state),
+            "--out", "/dev/null"]
+    assert cli(*args).returncode == 0
+    settings = tmp_path / "settings.toml"
+    settings.write_text('log_format = "json"\n')
+    for proc in (cli("--log-format", "json", *args), cli(*args, "--config", str(settings))):
+        assert proc.returncode == 0, proc.stderr
+        lines = json_lines(proc.stderr)
+        loaded = [x for x in lines if x["logger"] == "stream.state.memory"]
+        assert loaded and loaded[0]["level"] == "INFO"
+        message = loaded[0]["message"]  # %-formatted
+        assert message.startswith(f"loaded snapshot {state}: ") and "30 documents" in message
+        for x in lines:
+            assert {"ts", "level", "logger", "message"} <= set(x)
+            assert x["ts"].endswith("Z") and datetime.fromisoformat(x["ts"]).utcoffset() == \
+                timedelta(0)
+        assert "clustered 0 documents" in proc.stdout  # results stay on stdout, as text
+
+
+def test_json_formatter_carries_exceptions_and_extra_fields() -> None:
+    import logging
+
+    from stream.logs import JsonFormatter
+
+    logger = logging.getLogger("topicstream.test")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logger.makeRecord("topicstream.test", logging.ERROR, __file__, 1,
+                                   "batch %d of %s failed", (7, "in:0"), sys.exc_info(),
+                                   extra={"partition": 3, "where": Path("/x")})
+    obj = json.loads(JsonFormatter().format(record))
+    assert obj["message"] == "batch 7 of in:0 failed" and obj["level"] == "ERROR"
+    assert obj["logger"] == "topicstream.test"
+    assert "RuntimeError: boom" in obj["exception"] and "Traceback" in obj["exception"]
+    assert obj["partition"] == 3 and obj["where"] == "/x"  # extra fields; str() when needed
+    assert "\n" not in JsonFormatter().format(record)
+
+
+def test_bad_log_format_is_one_line() -> None:
+    assert_one_line_error(cli("cluster", "x.jsonl", "--log-format", "xml"),
+                          "log_format='xml' should be 'text' or 'json'")

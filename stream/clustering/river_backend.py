@@ -98,6 +98,41 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         raise ValueError(f"state key file {os.fspath(path)!r}: {exc}") from exc
 
 
+def check_signed_layout(data: bytes) -> None:
+    """Check, without a key, that ``data`` looks like :meth:`RiverClusterer.dumps` output:
+    the format tag, a signature and a payload (nothing is unpickled).
+
+    Raises
+    ------
+    StateSignatureError
+        When it is too short or does not start with :data:`FORMAT_TAG`.
+    """
+    if len(data) < len(FORMAT_TAG) + _SIG_LEN + 1:
+        raise StateSignatureError(f"{_BAD_SIGNATURE} (only {len(data)} bytes: truncated)")
+    if not data.startswith(FORMAT_TAG):
+        raise StateSignatureError(f"{_BAD_SIGNATURE} (no {FORMAT_TAG!r} format tag: not "
+                                  f"a topicstream river state)")
+
+
+def verify_signed(data: bytes, key: bytes) -> bytes:
+    """The pickle payload of signed river state ``data``, once its HMAC-SHA256 under ``key``
+    has been checked (in constant time); nothing is unpickled here.
+
+    Raises
+    ------
+    StateSignatureError
+        When ``data`` is truncated, not a river state, or not signed with ``key``.
+    """
+    data = bytes(data)
+    check_signed_layout(data)
+    head = len(FORMAT_TAG) + _SIG_LEN
+    signature, payload = data[len(FORMAT_TAG):head], data[head:]
+    expected = hmac.new(key, FORMAT_TAG + payload, hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected):
+        raise StateSignatureError(_BAD_SIGNATURE)
+    return payload
+
+
 class RiverClusterer(Clusterer):
     """One of river's stream clusterers (``river.cluster``) behind topicstream's batch API.
 
@@ -369,18 +404,7 @@ class RiverClusterer(Clusterer):
         ValueError
             When no key is configured, or the state belongs to another estimator or width.
         """
-        key = self._require_key()
-        data = bytes(data)
-        head = len(FORMAT_TAG) + _SIG_LEN
-        if len(data) < head + 1:
-            raise StateSignatureError(f"{_BAD_SIGNATURE} (only {len(data)} bytes: truncated)")
-        if not data.startswith(FORMAT_TAG):
-            raise StateSignatureError(f"{_BAD_SIGNATURE} (no {FORMAT_TAG!r} format tag: not "
-                                      f"a topicstream river state)")
-        signature, payload = data[len(FORMAT_TAG):head], data[head:]
-        expected = hmac.new(key, FORMAT_TAG + payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(signature, expected):
-            raise StateSignatureError(_BAD_SIGNATURE)
+        payload = verify_signed(data, self._require_key())
         blob = pickle.loads(payload)  # signed by a holder of the key: trusted from here on
         if not isinstance(blob, dict) or not {"estimator", "dim", "params", "model",
                                               "state"} <= blob.keys():

@@ -9,6 +9,10 @@ its batch, reload the state and seek back to the stored offsets.
 
 Offsets are "next offset to read" (last consumed + 1), the Kafka convention: resuming at a
 stored offset re-reads nothing and skips nothing. ``-1`` stands for "nothing stored yet".
+
+:meth:`StateStore.export_state` reads all of a model at one instant and
+:meth:`StateStore.import_state` writes all of it at once; :mod:`stream.state.export` turns
+them into files (``topicstream state export`` / ``import``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class StoreUnavailable(Exception):
     """The store could not be reached; the batch was not applied."""
 
 
+class StoreNotEmpty(Exception):
+    """:meth:`StateStore.import_state` refused to replace a model that already has state."""
+
+
 @dataclass(frozen=True, slots=True)
 class OffsetMove:
     """Move ``tp`` from ``expected`` (as stored when the batch began) to ``new``."""
@@ -50,6 +58,16 @@ class OffsetMove:
 class CommitResult:
     version: int  # commits applied to the store, this one included
     n_docs: int  # the store's document counter after this commit
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """Everything a store holds for one model, read at one instant (see
+    :meth:`StateStore.export_state`)."""
+
+    state: ClusterState | None
+    topics: TopicState | None
+    offsets: dict[str, int]  # offset_field -> next offset
 
 
 def offset_field(tp: TopicPartition) -> str:
@@ -85,8 +103,25 @@ class StateStore(Protocol):
         """Take the maintenance lease when free or ``owner``'s (see :mod:`stream.state.lease`)."""
         ...
 
+    def all_offsets(self) -> dict[str, int]:
+        """Every stored next offset, by :func:`offset_field`."""
+        ...
+
+    def export_state(self) -> StoreSnapshot:
+        """The state, topic state and offsets of the model, consistent with each other (no
+        commit falls between the reads)."""
+        ...
+
+    def import_state(self, state: ClusterState, topics: TopicState | None,
+                     offsets: dict[str, int] | None, *, force: bool = False) -> None:
+        """Replace the model's state, topic state and (unless ``offsets`` is None, which
+        leaves the stored ones as they are) offsets, all at once; the id counter moves to
+        ``state.next_id``. Raises :class:`StoreNotEmpty` when the model already holds
+        state, topics or offsets and ``force`` is False; nothing is changed then."""
+        ...
+
     def close(self) -> None: ...
 
 
 __all__ = ["NO_OFFSET", "CommitRejected", "CommitResult", "OffsetMove", "StateStore",
-           "StoreUnavailable", "offset_field"]
+           "StoreNotEmpty", "StoreSnapshot", "StoreUnavailable", "offset_field"]

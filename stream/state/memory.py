@@ -13,7 +13,15 @@ import numpy as np
 
 from stream.clustering.base import ClusterState, Delta, apply_delta
 from stream.contracts import TopicPartition
-from stream.state import NO_OFFSET, CommitRejected, CommitResult, OffsetMove, offset_field
+from stream.state import (
+    NO_OFFSET,
+    CommitRejected,
+    CommitResult,
+    OffsetMove,
+    StoreNotEmpty,
+    StoreSnapshot,
+    offset_field,
+)
 from stream.topics import TopicDelta, TopicParams, TopicState, apply_topic_delta
 
 log = logging.getLogger(__name__)
@@ -102,6 +110,29 @@ class MemoryStore:
             for mv in moves:
                 self._offsets[offset_field(mv.tp)] = mv.new
             return CommitResult(self._state.version, self._state.n_docs)
+
+    def export_state(self) -> StoreSnapshot:
+        with self._lock:
+            return StoreSnapshot(self._state, self._topics, dict(self._offsets))
+
+    def import_state(self, state: ClusterState, topics: TopicState | None,
+                     offsets: dict[str, int] | None, *, force: bool = False) -> None:
+        """Replace the state, topics and offsets (None: keep the stored offsets), then write
+        the snapshot file at once (see :meth:`StateStore.import_state`)."""
+        with self._lock:
+            if not force and (self._state is not None or self._topics is not None
+                              or self._offsets):
+                held = self._state
+                where = f"state file {self.snapshot_path}" if self.snapshot_path else "store"
+                raise StoreNotEmpty(
+                    f"the {where} already holds a model"
+                    + (f" ({len(held)} clusters, {held.n_docs} documents)" if held else ""))
+            self._state = replace(state)
+            self._topics = topics
+            if offsets is not None:
+                self._offsets = dict(offsets)
+            self._next_id = state.next_id
+        self.save()
 
     def allocate_ids(self, n: int) -> np.ndarray:
         with self._lock:

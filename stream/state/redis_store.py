@@ -16,7 +16,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.clustering.base import ClusterState, Delta
 from stream.contracts import TopicPartition
-from stream.state import CommitRejected, CommitResult, OffsetMove, StoreUnavailable, offset_field
+from stream.state import (
+    CommitRejected,
+    CommitResult,
+    OffsetMove,
+    StoreNotEmpty,
+    StoreSnapshot,
+    StoreUnavailable,
+    offset_field,
+)
 from stream.topics import MAX_GAP_BUCKETS, TopicDelta, TopicParams, TopicState
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,41 @@ return 1
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS meta, offsets, clusters, topics, next_id. ARGV: force ('1'/'0'), replace offsets
+# ('1'/'0'), dim, n_docs, version, next_id, m, m x cluster id, records blob (record_dtype),
+# n_topics, n_topics x (field, JSON), n_offsets, n_offsets x (field, offset).
+# Refuses ({'not_empty', clusters, n_docs}) when the model holds anything and force is not
+# '1'; otherwise replaces meta, clusters, topics, the id counter and (if asked) the offsets.
+IMPORT_SCRIPT = """
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4]) > 0 then
+  return {'not_empty', redis.call('HLEN', KEYS[3]), redis.call('HGET', KEYS[1], 'n_docs') or '0'}
+end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], 'dim', ARGV[3], 'n_docs', ARGV[4], 'version', ARGV[5])
+redis.call('SET', KEYS[5], ARGV[6])
+local size = 40 + 4 * tonumber(ARGV[3])
+local m = tonumber(ARGV[7])
+local blob = ARGV[8 + m]
+for j = 0, m - 1 do
+  redis.call('HSET', KEYS[3], ARGV[8 + j], string.sub(blob, j * size + 1, (j + 1) * size))
+end
+local k = 9 + m
+local n_topics = tonumber(ARGV[k])
+k = k + 1
+for _ = 1, n_topics do
+  redis.call('HSET', KEYS[4], ARGV[k], ARGV[k + 1])
+  k = k + 2
+end
+local n_offsets = tonumber(ARGV[k])
+k = k + 1
+for _ = 1, n_offsets do
+  redis.call('HSET', KEYS[2], ARGV[k], ARGV[k + 1])
+  k = k + 2
+end
+return {'ok'}
 """
 
 HEADER = 40  # '<ddddd': weight, count, last_t, created_t, label
@@ -82,6 +125,7 @@ class RedisStore:
         self._commit = self.r.register_script(script)
         self._lease = self.r.register_script(LEASE_SCRIPT)
         self._release = self.r.register_script(RELEASE_SCRIPT)
+        self._import = self.r.register_script(IMPORT_SCRIPT)
 
     def ping(self) -> None:
         try:
@@ -98,31 +142,14 @@ class RedisStore:
                 meta, clusters, next_id = p.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        if not meta:
-            return None
-        dim = int(meta[b"dim"])
-        dt = record_dtype(dim)
-        ids = np.fromiter((int(k) for k in clusters), np.int64, len(clusters))
-        recs = np.frombuffer(b"".join(clusters.values()), dtype=dt) if clusters else np.zeros(0, dt)
-        state = ClusterState(
-            dim=dim, ids=ids, sums=recs["sum"].astype(np.float32),
-            weights=recs["weight"].astype(np.float64), counts=recs["count"].astype(np.int64),
-            last_t=recs["last_t"].astype(np.float64), created_t=recs["created_t"].astype(np.float64),
-            labels=recs["label"].astype(np.int64),
-            n_docs=int(meta.get(b"n_docs", 0)), next_id=int(next_id or 0),
-            version=int(meta.get(b"version", 0)),
-        )
-        return state.sorted()
+        return _parse_state(meta, clusters, next_id)
 
     def load_topics(self) -> TopicState | None:
         try:
             raw: dict[Any, Any] = self.r.hgetall(self.keys["topics"])
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        if not raw:
-            return None
-        return TopicState.from_json({(k.decode() if isinstance(k, bytes) else str(k)): json.loads(v)
-                                     for k, v in raw.items()})
+        return _parse_topics(raw)
 
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
@@ -134,8 +161,64 @@ class RedisStore:
         return {tp: int(v) for tp, v in zip(tps, values, strict=True) if v is not None}
 
     def all_offsets(self) -> dict[str, int]:
-        raw: dict[Any, Any] = self.r.hgetall(self.keys["offsets"])
-        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+        try:
+            raw: dict[Any, Any] = self.r.hgetall(self.keys["offsets"])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return _parse_offsets(raw)
+
+    def export_state(self) -> StoreSnapshot:
+        """State, topic cards and offsets in one MULTI/EXEC: no commit falls between them."""
+        k = self.keys
+        try:
+            with self.r.pipeline(transaction=True) as p:
+                p.hgetall(k["meta"])
+                p.hgetall(k["clusters"])
+                p.get(k["next_id"])
+                p.hgetall(k["topics"])
+                p.hgetall(k["offsets"])
+                meta, clusters, next_id, topics, offsets = p.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics),
+                             _parse_offsets(offsets))
+
+    def import_state(self, state: ClusterState, topics: TopicState | None,
+                     offsets: dict[str, int] | None, *, force: bool = False) -> None:
+        """Replace the model's keys in one script (atomic; the emptiness check included):
+        ``meta``, ``clusters``, ``topics``, ``next_id`` and, unless ``offsets`` is None,
+        ``offsets``; the ``lease`` is left alone (see :meth:`StateStore.import_state`)."""
+        dim = int(state.dim)
+        recs = np.zeros(len(state), dtype=record_dtype(dim))
+        recs["weight"] = state.weights
+        recs["count"] = state.counts
+        recs["last_t"] = state.last_t
+        recs["created_t"] = state.created_t
+        recs["label"] = state.row_labels
+        recs["sum"] = state.sums
+        args: list[Any] = ["1" if force else "0", "0" if offsets is None else "1", dim,
+                           int(state.n_docs), int(state.version), int(state.next_id), len(state)]
+        args += [str(int(c)) for c in state.ids]
+        args.append(recs.tobytes())
+        cards = topics.to_json() if topics is not None else {}
+        args.append(len(cards))
+        for key, card in cards.items():
+            args += [key, json.dumps(card, ensure_ascii=False)]
+        args.append(len(offsets or {}))
+        for field, value in (offsets or {}).items():
+            args += [field, str(int(value))]
+        k = self.keys
+        try:
+            out = self._import(keys=[k["meta"], k["offsets"], k["clusters"], k["topics"],
+                                     k["next_id"]], args=args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except ResponseError as exc:
+            raise RuntimeError(f"import script failed: {exc}") from exc
+        out = [v.decode() if isinstance(v, bytes) else v for v in out]
+        if out[0] == "not_empty":
+            raise StoreNotEmpty(f"model {self.model!r} at {redact(self.url)} already holds "
+                                f"state ({int(out[1])} clusters, {int(out[2])} documents)")
 
     def commit(self, delta: Delta, moves: list[OffsetMove],
                topics: TopicDelta | None = None) -> CommitResult:
@@ -203,6 +286,41 @@ class RedisStore:
 
     def close(self) -> None:
         self.r.close()
+
+
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+def _parse_state(meta: dict[Any, Any], clusters: dict[Any, Any],
+                 next_id: Any) -> ClusterState | None:
+    """A :class:`ClusterState` from the raw ``meta`` and ``clusters`` hashes and the id
+    counter; None when the model has no meta yet."""
+    if not meta:
+        return None
+    dim = int(meta[b"dim"])
+    dt = record_dtype(dim)
+    ids = np.fromiter((int(k) for k in clusters), np.int64, len(clusters))
+    recs = np.frombuffer(b"".join(clusters.values()), dtype=dt) if clusters else np.zeros(0, dt)
+    state = ClusterState(
+        dim=dim, ids=ids, sums=recs["sum"].astype(np.float32),
+        weights=recs["weight"].astype(np.float64), counts=recs["count"].astype(np.int64),
+        last_t=recs["last_t"].astype(np.float64), created_t=recs["created_t"].astype(np.float64),
+        labels=recs["label"].astype(np.int64),
+        n_docs=int(meta.get(b"n_docs", 0)), next_id=int(next_id or 0),
+        version=int(meta.get(b"version", 0)),
+    )
+    return state.sorted()
+
+
+def _parse_topics(raw: dict[Any, Any]) -> TopicState | None:
+    if not raw:
+        return None
+    return TopicState.from_json({_text(k): json.loads(v) for k, v in raw.items()})
+
+
+def _parse_offsets(raw: dict[Any, Any]) -> dict[str, int]:
+    return {_text(k): int(v) for k, v in raw.items()}
 
 
 def redact(url: str) -> str:
