@@ -31,6 +31,11 @@ system-deps:
 	  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } || \
 	  echo "could not install docker-compose: the compose file is not checked"; }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (Debian packages: browser tests of the board)"; \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } || \
+	  echo "could not install chromium: the browser tests of the board and the report are skipped"; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/topicstream demo

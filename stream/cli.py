@@ -1,4 +1,5 @@
-"""The ``topicstream`` command: run, produce, cluster, inspect, state, bench, demo.
+"""The ``topicstream`` command: run, produce, cluster, inspect, board, report, state, bench,
+demo.
 
 A user mistake (bad flag value, missing file, unreachable server) ends with one line naming
 what is wrong and a non-zero exit status, never a traceback.
@@ -90,6 +91,7 @@ def _setup_logging(verbose: bool, log_format: str = "text") -> None:
 # -- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from stream.app import build_worker
+    from stream.board import TopicBoard
     from stream.http import StatusServer, liveness
 
     cfg = _config(args)
@@ -100,7 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.metrics_port:
         server = StatusServer(cfg.metrics_host, cfg.metrics_port, worker.metrics.registry,
                               alive=liveness(lambda: worker.heartbeat, max(60.0, cfg.session_timeout_ms / 1000 * 3)),
-                              ready=lambda: worker.ready).start()
+                              ready=lambda: worker.ready,
+                              board=TopicBoard(worker.store, cfg.topic_params(),
+                                               cfg.max_macro_topics, cfg.board_topics,
+                                               model=cfg.model)).start()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("%s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
@@ -194,9 +199,23 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     preds: list[int] = []
     merges: list[tuple[int, int]] = []
 
+    report_dir = Path(args.report) if args.report else None
+    sims: list[float] = []
+    flags: list[tuple[bool, bool]] = []
+    sample: list[tuple[str, int]] = []  # (text, cluster id) of every k-th document, for the map
+
     def on_assigned(docs: Any, result: Any) -> None:
+        first = len(preds)
         preds.extend(result.cluster_ids.tolist())
         merges.extend(map(tuple, result.merged.tolist()))
+        if report_dir is not None:
+            sims.extend(result.similarity.tolist())
+            flags.extend(zip(result.is_new_cluster.tolist(), result.is_outlier.tolist(),
+                             strict=True))
+            step = 5
+            sample.extend((d.text, int(c)) for j, (d, c) in
+                          enumerate(zip(docs, result.cluster_ids.tolist(), strict=True))
+                          if (first + j) % step == 0 and len(sample) < 2000)
         progress.update(worker.stats.docs + len(docs))
 
     worker.on_assigned = on_assigned
@@ -204,6 +223,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         stats = worker.run()
+        if report_dir is not None:
+            _cluster_report(cfg, worker, report_dir, path, preds, merges, sims, flags, sample)
     finally:
         built.close()
     seconds = time.monotonic() - start
@@ -221,6 +242,63 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                       f"homogeneity {q.homogeneity:.3f}  completeness {q.completeness:.3f}  "
                       f"purity {q.purity:.3f}  clusters {q.clusters} "
                       f"({q.clusters_5plus} with 5+ documents)", file=out)
+    return 0
+
+
+def _cluster_report(cfg: Config, worker: Any, out: Path, path: Path, preds: list[int],
+                    merges: list[tuple[int, int]], sims: list[float],
+                    flags: list[tuple[bool, bool]], sample: list[tuple[str, int]]) -> None:
+    """``cluster --report DIR``: the report of the model just built, with the run's
+    assignments (merges followed) and a sample of its documents on the map."""
+    import numpy as np
+
+    from stream.board import build_view
+    from stream.report import Assignments, DocumentSample, follow, write_report
+
+    snap = worker.store.export_state()
+    if snap.state is None:
+        raise CliError(f"{path}: no document was clustered, there is nothing to report")
+    view = build_view(snap.state, snap.topics, cfg.topic_params(), cfg.max_macro_topics)
+    flag = np.asarray(flags, bool).reshape(-1, 2)
+    asg = Assignments(follow(np.asarray(preds, np.int64), merges), np.asarray(sims),
+                      flag[:, 0], flag[:, 1])
+    docs = None
+    if sample:
+        X = worker.encoder.encode([t for t, _ in sample])
+        docs = DocumentSample(np.asarray(X), follow(np.asarray([c for _, c in sample]), merges))
+    html_path = write_report(out, view, cfg.model, asg, docs, source=f"clustered from {path.name}")
+    print(f"report: {html_path} (figures beside it)", file=sys.stderr)
+
+
+# -- report --------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from stream.app import build_store
+    from stream.board import build_view
+    from stream.report import read_assignments, write_report
+
+    cfg = _config(args)
+    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
+        raise CliError("report needs a model: give --redis-url (and --model) or an existing "
+                       "--state-file")
+    asg = None
+    if args.dataset:
+        dataset = Path(args.dataset)
+        if not dataset.is_file():
+            raise CliError(f"no such file: {dataset}")
+        asg = read_assignments(dataset)
+    store = build_store(cfg)
+    try:
+        snap = store.export_state()
+    finally:
+        if cfg.redis_url:  # closing the in-memory store would rewrite its file
+            store.close()
+    if snap.state is None:
+        raise CliError(f"model {cfg.model!r} has no state in the store")
+    view = build_view(snap.state, snap.topics, cfg.topic_params(), cfg.max_macro_topics)
+    source = (f"state file {Path(cfg.state_file).name}" if not cfg.redis_url and cfg.state_file
+              else f"model {cfg.model} in Redis")
+    html_path = write_report(Path(args.out), view, cfg.model, asg, top=args.top, source=source)
+    print(f"report: {html_path} (figures beside it)")
     return 0
 
 
@@ -491,7 +569,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if state is None:
         raise CliError(f"model {cfg.model!r} has no state in the store")
     tracker = TopicTracker(cfg.topic_params())
-    tracker.restore(store.load_topics(), state.n_docs)
+    store_topics = store.load_topics()
+    tracker.restore(store_topics, state.n_docs)
     store.close()
     # a public cluster is every row carrying its label (one row for kmeans, several for DenStream)
     labels, inv = np.unique(state.row_labels, return_inverse=True)
@@ -507,6 +586,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
              "created": int(created[i]), "last_seen": int(last[i]),
              "keywords": keywords.get(int(labels[i]), []),
              "exemplars": tracker.exemplars(int(labels[i]), args.exemplars)} for i in order]
+    if args.tree:
+        return _print_tree(args, cfg, state, store_topics, labels, weights, sizes, tracker)
     if args.json:
         print(json.dumps({"model": cfg.model, "documents": state.n_docs, "clusters": len(labels),
                           "version": state.version, "top": rows}, indent=2, ensure_ascii=False))
@@ -518,6 +599,100 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{r['created']:>6}  last seen {r['last_seen']:>6}  {', '.join(r['keywords'])}")
         for text in r["exemplars"]:
             print(f"    - {text[:110]}")
+    return 0
+
+
+def _print_tree(args: argparse.Namespace, cfg: Config, state: Any, topics: Any, labels: Any,
+                weights: Any, sizes: Any, tracker: Any) -> int:
+    """``inspect --tree``: the macro topics, heaviest first, each with its member clusters."""
+    from stream.macro import macro_topics
+
+    macros = macro_topics(state, topics, cfg.half_life, cfg.max_macro_topics, cfg.n_keywords)
+    row = {int(c): i for i, c in enumerate(labels.tolist())}
+    keywords = tracker.keywords(labels.tolist())
+    tree: list[dict[str, Any]] = [{**m.to_json(), "members": [
+        {"id": c, "weight": round(float(weights[row[c]]), 3), "size": int(sizes[row[c]]),
+         "keywords": keywords.get(c, [])} for c in m.members[: args.top]],
+        "clusters": len(m.members)} for m in macros]
+    if args.json:
+        print(json.dumps({"model": cfg.model, "documents": state.n_docs, "clusters": len(labels),
+                          "version": state.version, "macro_topics": tree}, indent=2,
+                         ensure_ascii=False))
+        return 0
+    print(f"model {cfg.model}: {len(labels)} clusters in {len(tree)} macro topics, "
+          f"{state.n_docs} documents, version {state.version}")
+    for m in tree:
+        print(f"macro {m['id']:>5}  weight {m['weight']:>8.1f}  size {m['size']:>5}  "
+              f"{m['clusters']} clusters  {', '.join(m['keywords'])}")
+        members = m["members"]
+        for j, c in enumerate(members):
+            branch = "└─" if j == len(members) - 1 and m["clusters"] <= args.top else "├─"
+            print(f"  {branch} cluster {c['id']:>5}  weight {c['weight']:>8.1f}  "
+                  f"size {c['size']:>5}  {', '.join(c['keywords'][:6])}")
+        if m["clusters"] > args.top:
+            print(f"  └─ ... {m['clusters'] - args.top} more clusters (--top N)")
+    return 0
+
+
+# -- board ---------------------------------------------------------------------------------
+def cmd_board(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from stream.app import build_store
+    from stream.board import TopicBoard
+    from stream.http import StatusServer
+
+    cfg = _config(args)
+    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
+        raise CliError("the board needs a model: give --redis-url (and --model) or an "
+                       "existing --state-file")
+    store = build_store(cfg)
+    board = TopicBoard(store, cfg.topic_params(), cfg.max_macro_topics, cfg.board_topics,
+                       model=cfg.model)
+    port = cfg.metrics_port if args.port is None else args.port
+    server = StatusServer(cfg.metrics_host, port, CollectorRegistry(), alive=lambda: True,
+                          ready=lambda: True, board=board).start()
+    print(f"topic board of model {cfg.model!r} on http://{cfg.metrics_host}:{server.port}/ "
+          "(Ctrl-C stops)", flush=True)
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        server.close()
+        if cfg.redis_url:  # closing the in-memory store would rewrite its file
+            store.close()
+    return 0
+
+
+def cmd_bench_board(args: argparse.Namespace) -> int:
+    from stream.bench_board import run_board_bench
+    from stream.services import redis_server_binary
+
+    if args.clusters < 1:
+        raise CliError(f"--clusters={args.clusters} should be >= 1")
+    if args.requests < 1:
+        raise CliError(f"--requests={args.requests} should be >= 1")
+    use_redis = args.store == "redis"
+    if use_redis and redis_server_binary() is None:
+        raise CliError("--store redis needs redis-server on PATH (Debian: apt-get install "
+                       "redis-server), or use --store memory")
+    r = run_board_bench(args.clusters, args.requests, use_redis, args.change_every, args.n)
+    print(f"bench board: {r.clusters} clusters in the {r.store} store, {r.requests} requests of "
+          f"/api/topics?n={args.n} (sort cycling weight, size, growth), {r.changes} model "
+          f"changes committed meanwhile; {os.cpu_count()} CPU cores")
+    print(f"  latency p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  max {r.max_ms:.2f} ms  "
+          f"(target p99 < 50 ms: {'met' if r.p99_ms < 50 else 'NOT met'})")
+    print(f"  first request (builds the first view) {r.cold_ms:.1f} ms; rebuilding a view "
+          f"after a change {r.rebuild_ms:.1f} ms, off the request path; answer {r.bytes:,} bytes")
+    if args.json:
+        _write_json(args.json, r.as_json())
     return 0
 
 
@@ -629,8 +804,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="-", help="assignments as JSONL (default: standard output)")
     p.add_argument("--events", help="write events as JSONL here")
     p.add_argument("--dlq", help="write bad records as JSONL here")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write report.html and its figures to DIR (see 'report')")
     _add_config_flags(p)
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a model: topic map, "
+                       "timeline, drift, top topics (PNG figures beside it)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.add_argument("--dataset", metavar="PATH",
+                   help="the assignments JSONL of 'topicstream cluster' (stream order): adds "
+                        "the timeline and the drift")
+    p.add_argument("--top", type=int, default=25, help="topics in the table (default 25)")
+    _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life",
+                               "n_keywords", "max_macro_topics", "log_format"))
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -699,13 +887,35 @@ def build_parser() -> argparse.ArgumentParser:
                                "encode_max_tokens", "batch_size", "text_field"))
     q.set_defaults(func=cmd_bench_encoder)
 
+    q = bsub.add_parser("board", help="latency of the topic board's /api/topics on a synthetic "
+                        "model of many clusters, served from a private redis-server")
+    q.add_argument("--clusters", type=int, default=5000, help="active clusters (default 5000)")
+    q.add_argument("--requests", type=int, default=300, help="timed requests (default 300)")
+    q.add_argument("--n", type=int, default=50, help="topics per answer (default 50)")
+    q.add_argument("--change-every", type=int, default=50, metavar="N",
+                   help="commit a small batch every N requests (0: never; default 50)")
+    q.add_argument("--store", choices=("redis", "memory"), default="redis")
+    q.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-': stdout)")
+    q.set_defaults(func=cmd_bench_board, config=None)
+
     p = sub.add_parser("inspect", help="show the clusters in a state store")
     p.add_argument("--top", type=int, default=20, help="largest clusters to show (default 20)")
     p.add_argument("--exemplars", type=int, default=2, help="exemplar documents per cluster")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tree", action="store_true",
+                   help="macro topics, each with its member clusters (at most --top each)")
     _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life",
-                               "n_keywords"))
+                               "n_keywords", "max_macro_topics"))
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("board", help="serve the live topic board (/ and /api/topics) of a "
+                       "model in a state store")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: the setting metrics_port; 0: a free one)")
+    _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life",
+                               "n_keywords", "max_macro_topics", "board_topics", "metrics_host",
+                               "emerging_bucket_s", "emerging_alpha", "log_format"))
+    p.set_defaults(func=cmd_board)
 
     p = sub.add_parser("state", help="export a model's state to a file, or import one "
                        "(backup, migration between stores, seeding)")

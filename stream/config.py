@@ -95,6 +95,8 @@ class Config:
     emerging_min_count: int = 6  # documents in one bucket before a cluster can emerge
     emerging_z: float = 3.0  # score over the cluster's own baseline to emerge
     emerging_novelty: float = 0.5  # max cosine to an announced cluster's centroid (1: no test)
+    max_macro_topics: int = 12  # most macro topics the clusters are grouped into (stream.macro)
+    board_topics: int = 50  # topics the live board (/ and /api/topics) shows by default
     # drift (stream.drift)
     drift_window: int = 1000  # documents per drift window
     drift_threshold: float = 0.5  # Jensen-Shannon divergence (bits) that raises a drift event
@@ -143,6 +145,9 @@ class Config:
             (self.refresh_interval_s > 0, f"refresh_interval_s={self.refresh_interval_s} should be > 0"),
             (self.exit_when_idle is None or self.exit_when_idle > 0,
              f"exit_when_idle={self.exit_when_idle} should be > 0"),
+            (self.max_macro_topics >= 1,
+             f"max_macro_topics={self.max_macro_topics} should be >= 1"),
+            (self.board_topics >= 1, f"board_topics={self.board_topics} should be >= 1"),
             (self.drift_window >= 2, f"drift_window={self.drift_window} should be >= 2"),
             (self.log_format in ("text", "json"),
              f"log_format={self.log_format!r} should be 'text' or 'json'"),

@@ -89,6 +89,11 @@ class MemoryStore:
     def load_topics(self) -> TopicState | None:
         return self._topics
 
+    def model_version(self) -> int:
+        """Commits applied to the model (0: none): a cheap test of whether it changed."""
+        state = self._state
+        return state.version if state is not None else 0
+
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._offsets[offset_field(tp)] for tp in tps if offset_field(tp) in self._offsets}
 

@@ -25,7 +25,7 @@ from stream.state import (
     StoreUnavailable,
     offset_field,
 )
-from stream.topics import MAX_GAP_BUCKETS, TopicDelta, TopicParams, TopicState
+from stream.topics import ALL, MAX_GAP_BUCKETS, TopicCard, TopicDelta, TopicParams, TopicState
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,15 @@ class RedisStore:
             raise StoreUnavailable(str(exc)) from exc
         return _parse_topics(raw)
 
+    def model_version(self) -> int:
+        """Commits applied to the model (0: none), in one ``HGET``: a cheap test of whether
+        the model changed since it was last read."""
+        try:
+            raw = self.r.hget(self.keys["meta"], "version")
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(raw) if raw is not None else 0
+
     def load_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
@@ -181,6 +190,44 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics),
+                             _parse_offsets(offsets))
+
+    def export_state_cached(self, cache: dict[str, tuple[bytes, TopicCard]]) -> StoreSnapshot:
+        """:meth:`export_state` for a reader that rereads the model again and again (the
+        topic board): a topic card whose stored JSON is byte for byte the one in ``cache``
+        is not parsed again (a batch changes a few cards of thousands). ``cache`` (field ->
+        (JSON, card)) is updated in place to the cards read."""
+        k = self.keys
+        try:
+            with self.r.pipeline(transaction=True) as p:
+                p.hgetall(k["meta"])
+                p.hgetall(k["clusters"])
+                p.get(k["next_id"])
+                p.hgetall(k["topics"])
+                p.hgetall(k["offsets"])
+                meta, clusters, next_id, raw, offsets = p.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        topics = None
+        if raw:
+            cards: dict[int, TopicCard] = {}
+            fresh: dict[str, tuple[bytes, TopicCard]] = {}
+            every: dict[str, Any] = {"w": {}, "t": 0.0}
+            for key, value in raw.items():
+                name = _text(key)
+                if name == ALL:
+                    every = json.loads(value)
+                    continue
+                hit = cache.get(name)
+                card = hit[1] if hit is not None and hit[0] == value else \
+                    TopicCard.from_json(json.loads(value))
+                fresh[name] = (value, card)
+                cards[int(name)] = card
+            cache.clear()
+            cache.update(fresh)
+            topics = TopicState(cards, {str(t): float(v) for t, v in dict(every.get("w") or {}).items()},
+                                float(every["t"]))
+        return StoreSnapshot(_parse_state(meta, clusters, next_id), topics,
                              _parse_offsets(offsets))
 
     def import_state(self, state: ClusterState, topics: TopicState | None,
