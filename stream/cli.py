@@ -652,8 +652,22 @@ def cmd_board(args: argparse.Namespace) -> int:
     port = cfg.metrics_port if args.port is None else args.port
     server = StatusServer(cfg.metrics_host, port, CollectorRegistry(), alive=lambda: True,
                           ready=lambda: True, board=board).start()
-    print(f"topic board of model {cfg.model!r} on http://{cfg.metrics_host}:{server.port}/ "
-          "(Ctrl-C stops)", flush=True)
+    url = f"http://{cfg.metrics_host}:{server.port}/"
+    if args.screenshot:
+        from stream.screenshot import screenshot
+
+        try:
+            screenshot(url + (f"?sort={args.sort}" if args.sort else ""), Path(args.screenshot),
+                       "article.topic")
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from exc
+        finally:
+            server.close()
+            if cfg.redis_url:
+                store.close()
+        print(f"wrote {args.screenshot}")
+        return 0
+    print(f"topic board of model {cfg.model!r} on {url} (Ctrl-C stops)", flush=True)
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -912,6 +926,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "model in a state store")
     p.add_argument("--port", type=int, default=None,
                    help="port (default: the setting metrics_port; 0: a free one)")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save a picture of the board (headless system Chromium) and exit")
+    p.add_argument("--sort", choices=("weight", "size", "growth"),
+                   help="with --screenshot: the board's sort order")
     _add_config_flags(p, only=("redis_url", "redis_password", "state_file", "model", "half_life",
                                "n_keywords", "max_macro_topics", "board_topics", "metrics_host",
                                "emerging_bucket_s", "emerging_alpha", "log_format"))

@@ -187,59 +187,52 @@ def windows_of(n: int, target: int = 20, least: int = 50) -> np.ndarray:
 
 
 def topic_timeline(view: TopicView, asg: Assignments) -> bytes:
-    """Shares of the macro topics per window of documents, emerging topics marked (PNG).
+    """Shares of the top topics per window of documents, emerging alerts marked (PNG).
 
-    A stream has far more clusters than a chart has colours: each document counts for the
-    macro topic of its cluster (clusters gone from the model count as "other")."""
+    The top topics are the ``TIMELINE_TOPICS`` clusters with the most documents in the
+    stream (ids as they stand after the announced merges), stacked in the order they first
+    appeared, so stories read from left to right as they arrived; every other cluster is
+    "other topics". Each emerging alert is a tick on the top edge, at the cluster's first
+    document."""
     plt = _pyplot()
     n = len(asg)
     bounds = np.unique(windows_of(n))
     n_win = len(bounds) - 1
     win = np.searchsorted(bounds, np.arange(n), side="right") - 1
     win = win.clip(0, max(n_win - 1, 0))
-    macros = view.macros[:TIMELINE_TOPICS]
-    slot = {m.id: j for j, m in enumerate(macros)}
-    row = {int(c): i for i, c in enumerate(view.ids.tolist())}
-    other = len(macros)
-    group = np.fromiter((slot.get(int(view.macro[row[c]]), other) if c in row else other
-                         for c in asg.cluster_ids.tolist()), np.int64, n)
+    cids = asg.cluster_ids
+    uniq, first, counts = np.unique(cids, return_index=True, return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:TIMELINE_TOPICS]
+    top = top[np.argsort(first[top], kind="stable")]  # in order of arrival
+    top_ids = uniq[top]
+    other = len(top_ids)
+    slot = np.full(uniq.size, other, np.int64)
+    slot[top] = np.arange(other)
+    group = slot[np.searchsorted(uniq, cids)]
     M = np.zeros((other + 1, max(n_win, 1)))
     np.add.at(M, (group, win), 1.0)
     shares = M / np.maximum(M.sum(axis=0), 1.0)
     mids = (bounds[:-1] + bounds[1:]) / 2 if n_win else np.array([n / 2])
-    colors = _macro_colors(view)
+    kw = view.keywords([int(c) for c in top_ids.tolist()])
+    labels = [", ".join(kw.get(int(c), [])[:3]) or f"#{int(c)}" for c in top_ids.tolist()]
     fig, ax = plt.subplots(figsize=(11, 5))
-    labels = [", ".join(m.keywords[:3]) or f"#{m.id}" for m in macros] + ["other topics"]
-    ax.stackplot(mids, shares, labels=labels,
-                 colors=[colors[m.id] for m in macros] + ["#dee2e6"], alpha=0.9)
-    # emerging topics, at their first document; alerts close together share one label
-    cids = asg.cluster_ids
+    ax.stackplot(mids, shares, labels=labels + ["other topics"],
+                 colors=[PALETTE[j % len(PALETTE)] for j in range(other)] + ["#dee2e6"],
+                 alpha=0.9)
     emerging = [int(c) for c in view.ids[view.emerging].tolist() if (cids == c).any()]
-    seen = sorted((int(np.argmax(cids == c)), c) for c in emerging)
-    marks: list[tuple[int, list[int]]] = []
-    for at, cid in seen:
-        if marks and at - marks[-1][0] < max(n // 25, 1):
-            marks[-1][1].append(cid)
-        else:
-            marks.append((at, [cid]))
-    kw = view.keywords(emerging)
-    for k, (at, group_ids) in enumerate(marks):
-        ax.axvline(at, color="#d9480f", ls="--", lw=1.2)
-        text = "\n".join(", ".join(kw.get(c, [])[:2]) or f"#{c}" for c in group_ids[:3])
-        if len(group_ids) > 3:
-            text += f"\n+{len(group_ids) - 3} more"
-        ax.text(at + n * 0.004, 0.97 - 0.16 * (k % 2), "emerging:\n" + text, fontsize=7.5,
-                color="#a8380a", ha="left", va="top",
-                bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="#ffc9a8", alpha=0.9))
+    at = [int(np.argmax(cids == c)) for c in emerging]
+    if at:
+        ax.plot(at, [1.0] * len(at), ls="", marker="v", ms=7, color="#d9480f", clip_on=False,
+                label=f"emerging alert ({len(at)})")
     ax.set_xlim(0, n)
     ax.set_ylim(0, 1)
     ax.set_xlabel("stream time (documents)")
     ax.set_ylabel("share of the window's documents")
     size = int(bounds[1] - bounds[0]) if n_win else n
-    ax.set_title(f"Topic timeline: shares of the macro topics, windows of {size} documents",
-                 fontsize=12)
+    ax.set_title(f"Topic timeline: the {other} largest topics, windows of {size} documents",
+                 fontsize=12, pad=14)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9,
-              title="macro topics")
+              title="topics, by arrival")
     out = _png(fig)
     plt.close(fig)
     return out

@@ -17,7 +17,7 @@ from conftest import REPO, documents
 from stream.bench_board import synthetic_model
 from stream.board import BoardQueryError, TopicBoard, build_view, parse_query
 from stream.http import StatusServer
-from stream.macro import average_linkage, macro_topics, public_clusters
+from stream.macro import average_linkage, macro_topics, public_clusters, ward_linkage
 from stream.state.memory import MemoryStore
 from stream.topics import TopicParams
 
@@ -32,6 +32,21 @@ def blobs(n_per: int = 5, themes: int = 4, dim: int = 16, seed: int = 0) -> tupl
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_ward_linkage_finds_the_themes_and_matches_the_weighted_criterion() -> None:
+    X, truth = blobs()
+    assert same_partition(ward_linkage(X, np.ones(len(X)), 4), truth)
+    assert len(set(ward_linkage(X, np.ones(len(X)), 3).tolist())) == 3
+    # a weight counts as that many copies of the point: Ward's criterion is additive
+    w = np.arange(1, len(X) + 1, dtype=np.float64)
+    copies = np.repeat(X, w.astype(int), axis=0)
+    owner = np.repeat(np.arange(len(X)), w.astype(int))
+    weighted = ward_linkage(X, w, 4)
+    expanded = ward_linkage(copies, np.ones(len(copies)), 4)
+    assert same_partition(weighted[owner], expanded)
+    with pytest.raises(ValueError, match="n_groups=0"):
+        ward_linkage(X, np.ones(len(X)), 0)
 
 
 def test_average_linkage_finds_the_themes_and_respects_the_bound() -> None:

@@ -101,7 +101,7 @@
         const sw = el("span", "swatch");
         sw.style.background = m.color;
         h2.append(sw, el("span", "", m.keywords.slice(0, 4).join(" · ") || "topic " + mid),
-                  el("span", "meta", `${m.members} clusters, ${fmt(m.size)} documents`));
+                  el("span", "meta", `${m.members} ${m.members === 1 ? "cluster" : "clusters"}, ${fmt(m.size)} documents`));
         const grid = el("div", "grid");
         for (const t of members) grid.append(topicCard(t, m.color));
         sec.append(h2, grid);
@@ -165,6 +165,9 @@
   $("n").addEventListener("change", () => { state.nChosen = true; load(); });
   $("group").addEventListener("change", render);
   $("every").textContent = REFRESH_MS / 1000;
+  const asked = new URLSearchParams(location.search);  // a link may choose the view: ?sort=growth&q=flu
+  if ([...$("sort").options].some((o) => o.value === asked.get("sort"))) $("sort").value = asked.get("sort");
+  if (asked.get("q")) $("q").value = asked.get("q");
   load();
   schedule();
 })();
