@@ -171,3 +171,45 @@ def test_report_opens_with_its_figures(tmp_path: Path, browser) -> None:  # type
     page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
     assert errors == []
     assert not_blank(SHOTS / "report.png") > 0.05
+
+
+def test_the_page_stays_responsive_with_5000_clusters(browser) -> None:  # type: ignore[no-untyped-def]
+    """A model of 5,000 active clusters: the page renders its topics, the largest number it
+    offers (200) and a keyword search each answer within a second, with no console errors."""
+    from stream.bench_board import synthetic_model
+    from stream.board import TopicBoard
+    from stream.http import StatusServer
+    from stream.state.memory import MemoryStore
+    from stream.topics import TopicParams
+
+    params = TopicParams()
+    state, topics = synthetic_model(5000, params=params)
+    store = MemoryStore(half_life=params.half_life)
+    store.import_state(state, topics, {})
+    board = TopicBoard(store, params, default_n=50, model="big")
+    server = StatusServer("127.0.0.1", 0, CollectorRegistry(), alive=lambda: True,
+                          ready=lambda: True, board=board).start()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = watch_console(page)
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        page.wait_for_selector("article.topic", timeout=15000)  # the first view is built here
+        assert "5,000 clusters" in page.inner_text("#status").replace("\u202f", ",")
+
+        def timed(action, ready: str) -> float:  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            action()
+            page.wait_for_function(ready, timeout=5000)
+            return time.perf_counter() - start
+
+        shown = "document.querySelectorAll('article.topic').length"
+        assert timed(lambda: page.select_option("#n", "200"), f"{shown} == 200") < 1.0
+        word = page.inner_text("article.topic .kw").split(",")[0].strip()
+        every = (f"[...document.querySelectorAll('article.topic .kw')]"
+                 f".every((k) => k.textContent.includes({json.dumps(word)}))")
+        assert not page.evaluate(every)  # before the search, other topics are shown too
+        assert timed(lambda: page.fill("#q", word),
+                     f"{shown} > 0 && {every}") < 1.5  # 250 ms of typing pause included
+        assert errors == []
+    finally:
+        server.close()
