@@ -301,9 +301,13 @@ class TransformerEncoder:
         if self._cuda:
             input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
             attn = attn.pin_memory().to(self.device, non_blocking=True)
-        hidden = self._forward_model(input_ids=input_ids, attention_mask=attn).last_hidden_state
-        m = attn.unsqueeze(-1).to(torch.float32)
-        pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+        if mask.all():  # no padding in this pass: no mask to build or apply
+            hidden = self._forward_model(input_ids=input_ids).last_hidden_state
+            pooled = hidden.float().mean(1)
+        else:
+            hidden = self._forward_model(input_ids=input_ids, attention_mask=attn).last_hidden_state
+            m = attn.unsqueeze(-1).to(torch.float32)
+            pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=1)
 
     def close(self) -> None:
