@@ -224,3 +224,29 @@ def test_json_formatter_carries_exceptions_and_extra_fields() -> None:
 def test_bad_log_format_is_one_line() -> None:
     assert_one_line_error(cli("cluster", "x.jsonl", "--log-format", "xml"),
                           "log_format='xml' should be 'text' or 'json'")
+
+
+def test_bench_encoder_prints_and_writes_its_figures() -> None:
+    """On a few demo titles: our encoder and sentence-transformers' fastest settings, in turns;
+    the JSON carries the fields the issue names, and the figures are consistent."""
+    out = cli("bench", "encoder", "--device", "cpu", "--limit", "96", "--sample", "48",
+              "--repeat", "1", "--json", "-", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "sentence-transformers" in out.stdout and "ratio" in out.stdout
+    row = json.loads(out.stdout[out.stdout.index("{"):])
+    assert {"device", "docs_per_s", "tokens_per_s", "padding_ratio", "tflops",
+            "baseline_docs_per_s", "ratio"} <= set(row)
+    assert row["device"] == "cpu" and row["tflops"] is None and row["documents"] == 96
+    assert row["ratio"] == pytest.approx(row["docs_per_s"] / row["baseline_docs_per_s"])
+    assert row["tokens_per_s"] == pytest.approx(row["docs_per_s"] * row["mean_tokens"], rel=1e-6)
+    assert 0.0 <= row["padding_ratio"] < 0.5 and row["cosine_min"] > 0.99
+
+
+def test_bench_encoder_refuses_cuda_without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = cli("bench", "encoder", "--device", "cuda", "--limit", "8")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "CUDA is not available" in out.stderr.strip().splitlines()[-1]
