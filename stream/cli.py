@@ -783,6 +783,54 @@ def cmd_state_import(args: argparse.Namespace) -> int:
 
 
 # -- demo ----------------------------------------------------------------------------------
+# -- train ---------------------------------------------------------------------------------
+def _number(flag: str, value: str | None, kind: type, minimum: float, default: Any) -> Any:
+    """A flag's value as ``kind`` (int or float) >= ``minimum``, or a one-line CliError."""
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError as exc:
+        raise CliError(f"{flag}={value!r} should be a{'n integer' if kind is int else ' number'}"
+                       ) from exc
+    if not number >= minimum:
+        raise CliError(f"{flag}={value!r} should be >= {minimum}")
+    return number
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Distil the transformer into a small encoder (encoders/distilled.py) on a JSONL file's
+    texts; labels are never read."""
+    from encoders.distilled import KINDS, train_distilled
+
+    if args.kind not in KINDS:
+        raise CliError(f"kind={args.kind!r} should be one of {', '.join(KINDS)}")
+    minutes = _number("--minutes", args.minutes, float, 1e-3, 5.0)
+    epochs = _number("--epochs", args.epochs, int, 1, 20)
+    seed = _number("--seed", args.seed, int, 0, 0)
+    batch_size = _number("--batch-size", args.batch_size, int, 1, 128)
+    limit = _number("--limit", args.limit, int, 0, 0)
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out={args.out!r} exists and is not a directory")
+    texts = _read_texts(path, args.text_field)
+    if limit:
+        texts = texts[:limit]
+    if not texts:
+        raise CliError(f"{path}: no texts to train on")
+    result = train_distilled(args.kind, texts, out, epochs=epochs, minutes=minutes, seed=seed,
+                             batch_size=batch_size, progress=not args.no_progress)
+    losses = result.losses
+    print(f"trained {args.kind} on {len(texts)} texts of {path.name}: {len(losses)} epoch(s), "
+          f"{result.steps} steps in {result.seconds:.1f} s (teacher {result.teacher_seconds:.1f} s); "
+          f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; default threshold "
+          f"{result.default_threshold:.4f}; saved to {out} (use --encoder distilled:{out})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -955,6 +1003,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "where the export was taken")
     _add_config_flags(q, only=(*store_flags, "state_key"))
     q.set_defaults(func=cmd_state_import)
+
+    p = sub.add_parser("train", help="distil the transformer into a fast CPU encoder "
+                       "(static or cnn) on a JSONL file's texts; use it as distilled:DIR")
+    p.add_argument("kind", metavar="KIND", help="static (mean of token embeddings) or cnn "
+                   "(convolution, max pooling, projection)")
+    p.add_argument("--dataset", required=True, metavar="PATH", help="JSONL with a text field "
+                   "(labels are not read)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    p.add_argument("--minutes", metavar="M", help="time bound on training (default 5)")
+    p.add_argument("--epochs", metavar="E", help="passes over the texts at most (default 20)")
+    p.add_argument("--seed", metavar="S", help="random seed (default 0)")
+    p.add_argument("--batch-size", metavar="B", help="texts per step (default 128)")
+    p.add_argument("--text-field", default="text", help="JSON field of the text (default text)")
+    p.add_argument("--limit", metavar="N", help="only the first N texts")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="embedded broker and Redis, a sample stream, the topics found")
     p.add_argument("--encoder", default="transformer", help="transformer (default) or hashing")

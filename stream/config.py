@@ -135,9 +135,9 @@ class Config:
             (self.k is None or self.k >= 1, f"k={self.k} should be >= 1"),
             (self.min_weight >= 0, f"min_weight={self.min_weight} should be >= 0"),
             (self.maintain_every >= 1, f"maintain_every={self.maintain_every} should be >= 1"),
-            (self.encoder.split(":")[0] in ("hybrid", "hashing", "transformer"),
-             f"encoder={self.encoder!r} should be 'hybrid[:PATH]', 'transformer[:PATH]' or "
-             "'hashing[:DIM]'"),
+            (self.encoder.split(":")[0] in ("hybrid", "hashing", "transformer", "distilled"),
+             f"encoder={self.encoder!r} should be 'hybrid[:PATH]', 'transformer[:PATH]', "
+             "'hashing[:DIM]' or 'distilled:PATH'"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device={self.device!r} should be 'auto', 'cpu' or 'cuda[:N]'"),
             (bool(self.model) and "{" not in self.model and "}" not in self.model,
