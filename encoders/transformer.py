@@ -74,10 +74,13 @@ def plan_batches(widths: np.ndarray, max_rows: int, max_tokens: int,
                  pass_cost: int = 64) -> list[tuple[int, int]]:
     """Cut documents sorted by token length (longest first, ``widths``) into forward passes
     ``[start, end)`` of at most ``max_rows`` rows and at most ``max_tokens`` padded tokens
-    (a document longer than the budget still gets a pass of its own), so as to minimise
-    padded tokens plus ``pass_cost`` token-equivalents per pass (each pass has a fixed cost
-    in kernel launches and Python). Passes start only where the width changes or where the
-    previous pass was full, so a small dynamic program over those points finds the best cut.
+    (a document longer than the budget still gets a pass of its own), with the least padded
+    tokens plus ``pass_cost`` token-equivalents per pass (each pass has a fixed cost in
+    kernel launches and Python).
+
+    An exact dynamic program over the cut points: the best plan of the first ``i`` documents
+    ends with a pass ``[j, i)`` whose width is ``widths[j]``; one vector step per document
+    over the at most ``max_rows`` candidates ``j``.
 
     >>> plan_batches(np.array([8, 8, 4, 4, 4, 2]), max_rows=4, max_tokens=16, pass_cost=0)
     [(0, 2), (2, 5), (5, 6)]
@@ -87,39 +90,23 @@ def plan_batches(widths: np.ndarray, max_rows: int, max_tokens: int,
     n = len(widths)
     if n == 0:
         return []
-    w = [max(int(x), 1) for x in widths.tolist()]
-    starts = [0] + [i for i in range(1, n) if w[i] != w[i - 1]] + [n]
-
-    def chunks(a: int, e: int) -> list[tuple[int, int]]:
-        out = []
-        while a < e:
-            rows = min(max_rows, max(1, max_tokens // w[a]))
-            out.append((a, min(e, a + rows)))
-            a = out[-1][1]
-        return out
-
-    def cost(a: int, e: int) -> int:
-        return sum((c - b) * w[b] + pass_cost for b, c in chunks(a, e))
-
-    # a pass from boundary j to i fits in one forward pass when i - j <= cap(j); longer runs
-    # are only cut from the boundary just before (then chunked), which keeps this linear in
-    # the boundaries times the rows of a pass
-    cap = {j: min(max_rows, max(1, max_tokens // w[j])) for j in starts[:-1]}
-    best = {0: (0, -1)}  # boundary -> (cost, previous boundary)
-    for k, i in enumerate(starts[1:], 1):
-        options = [(best[starts[k - 1]][0] + cost(starts[k - 1], i), starts[k - 1])]
-        for j in reversed(starts[:k - 1]):
-            if i - j > cap[j]:
-                break
-            options.append((best[j][0] + (i - j) * w[j] + pass_cost, j))
-        best[i] = min(options)
+    w = np.maximum(np.asarray(widths, np.int64), 1)
+    cap = np.minimum(max_rows, np.maximum(1, max_tokens // w))  # rows of a pass starting here
+    best = np.zeros(n + 1)
+    prev = np.zeros(n + 1, np.int64)
+    for i in range(1, n + 1):
+        lo = max(0, i - max_rows)
+        rows = i - np.arange(lo, i)
+        cost = best[lo:i] + rows * w[lo:i] + pass_cost
+        cost[rows > cap[lo:i]] = np.inf  # the last candidate (one row) always fits
+        k = int(np.argmin(cost))
+        best[i], prev[i] = cost[k], lo + k
     cuts: list[tuple[int, int]] = []
     i = n
     while i > 0:
-        j = best[i][1]
-        cuts[:0] = chunks(j, i)
-        i = j
-    return cuts
+        cuts.append((int(prev[i]), i))
+        i = int(prev[i])
+    return cuts[::-1]
 
 
 def pad(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

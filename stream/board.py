@@ -40,7 +40,7 @@ import numpy as np
 
 from stream.clustering.base import ClusterState
 from stream.macro import MacroTopic, PublicClusters, macro_of, macro_topics, public_clusters
-from stream.topics import MAX_GAP_BUCKETS, TopicParams, TopicState, TopicTracker
+from stream.topics import MAX_GAP_BUCKETS, TopicCard, TopicParams, TopicState, TopicTracker
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ class TopicBoard:
         self.background = background
         self.model = model
         self._view: TopicView | None = None
-        self._cards: dict[str, Any] = {}  # parsed topic cards by their stored JSON (Redis)
+        # parsed topic cards by their stored JSON (see StateStore.export_state)
+        self._cards: dict[str, tuple[bytes, TopicCard]] = {}
         self._history: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=history)
         self._last_sample = -np.inf
         self._lock = threading.Lock()  # the view, the history and the answers
@@ -222,8 +223,7 @@ class TopicBoard:
     # -- the view ---------------------------------------------------------------------------
     def _rebuild(self) -> TopicView | None:
         with self._build_lock:
-            cached = getattr(self.store, "export_state_cached", None)
-            snap = cached(self._cards) if cached is not None else self.store.export_state()
+            snap = self.store.export_state(self._cards)
             if snap.state is None:
                 return None
             view = build_view(snap.state, snap.topics, self.params, self.max_macro_topics)

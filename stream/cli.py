@@ -8,6 +8,7 @@ what is wrong and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,11 +16,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.config import ENV_PREFIX, Config, ConfigError, load_config
 from stream.logs import LOG_FORMATS, configure_logging, set_log_format
+
+if TYPE_CHECKING:
+    from stream.state import StateStore
 
 log = logging.getLogger("topicstream")
 
@@ -271,27 +276,39 @@ def _cluster_report(cfg: Config, worker: Any, out: Path, path: Path, preds: list
 
 
 # -- report --------------------------------------------------------------------------------
-def cmd_report(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _stored_model(cfg: Config, what: str) -> Iterator[StateStore]:
+    """The store of an existing model, opened to read it (``what`` names the command in the
+    error when there is none). Only a Redis store is closed afterwards: closing the
+    in-memory store would write its snapshot file again."""
     from stream.app import build_store
+
+    if not cfg.redis_url and not cfg.state_file:
+        raise CliError(f"{what} needs a model: give --redis-url (and --model) or an existing "
+                       "--state-file")
+    if not cfg.redis_url and not Path(str(cfg.state_file)).is_file():
+        raise CliError(f"{what}: no such state file: {cfg.state_file}")
+    store = build_store(cfg)
+    try:
+        yield store
+    finally:
+        if cfg.redis_url:
+            store.close()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     from stream.board import build_view
     from stream.report import read_assignments, write_report
 
     cfg = _config(args)
-    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
-        raise CliError("report needs a model: give --redis-url (and --model) or an existing "
-                       "--state-file")
     asg = None
     if args.dataset:
         dataset = Path(args.dataset)
         if not dataset.is_file():
             raise CliError(f"no such file: {dataset}")
         asg = read_assignments(dataset)
-    store = build_store(cfg)
-    try:
+    with _stored_model(cfg, "report") as store:
         snap = store.export_state()
-    finally:
-        if cfg.redis_url:  # closing the in-memory store would rewrite its file
-            store.close()
     if snap.state is None:
         raise CliError(f"model {cfg.model!r} has no state in the store")
     view = build_view(snap.state, snap.topics, cfg.topic_params(), cfg.max_macro_topics)
@@ -558,20 +575,16 @@ def _fmt(v: Any, spec: str) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from stream.app import build_store
     from stream.topics import TopicTracker
 
     cfg = _config(args)
-    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
-        raise CliError("nothing to inspect: give --redis-url or an existing --state-file")
-    store = build_store(cfg)
-    state = store.load_state()
+    with _stored_model(cfg, "inspect") as store:
+        state = store.load_state()
+        store_topics = store.load_topics()
     if state is None:
         raise CliError(f"model {cfg.model!r} has no state in the store")
     tracker = TopicTracker(cfg.topic_params())
-    store_topics = store.load_topics()
     tracker.restore(store_topics, state.n_docs)
-    store.close()
     # a public cluster is every row carrying its label (one row for kmeans, several for DenStream)
     labels, inv = np.unique(state.row_labels, return_inverse=True)
     weights = np.bincount(inv, state.weights_at(state.n_docs, cfg.half_life), len(labels))
@@ -638,50 +651,40 @@ def _print_tree(args: argparse.Namespace, cfg: Config, state: Any, topics: Any, 
 def cmd_board(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from stream.app import build_store
     from stream.board import TopicBoard
     from stream.http import StatusServer
 
     cfg = _config(args)
-    if not cfg.redis_url and not (cfg.state_file and Path(cfg.state_file).exists()):
-        raise CliError("the board needs a model: give --redis-url (and --model) or an "
-                       "existing --state-file")
-    store = build_store(cfg)
-    board = TopicBoard(store, cfg.topic_params(), cfg.max_macro_topics, cfg.board_topics,
-                       model=cfg.model)
-    port = cfg.metrics_port if args.port is None else args.port
-    server = StatusServer(cfg.metrics_host, port, CollectorRegistry(), alive=lambda: True,
-                          ready=lambda: True, board=board).start()
-    url = f"http://{cfg.metrics_host}:{server.port}/"
-    if args.screenshot:
-        from stream.screenshot import screenshot
-
+    with _stored_model(cfg, "the board") as store:
+        board = TopicBoard(store, cfg.topic_params(), cfg.max_macro_topics, cfg.board_topics,
+                           model=cfg.model)
+        port = cfg.metrics_port if args.port is None else args.port
+        server = StatusServer(cfg.metrics_host, port, CollectorRegistry(), alive=lambda: True,
+                              ready=lambda: True, board=board).start()
+        url = f"http://{cfg.metrics_host}:{server.port}/"
         try:
-            screenshot(url + (f"?sort={args.sort}" if args.sort else ""), Path(args.screenshot),
-                       "article.topic")
-        except RuntimeError as exc:
-            raise CliError(str(exc)) from exc
+            if args.screenshot:
+                from stream.screenshot import screenshot
+
+                try:
+                    screenshot(url + (f"?sort={args.sort}" if args.sort else ""),
+                               Path(args.screenshot), "article.topic")
+                except RuntimeError as exc:
+                    raise CliError(str(exc)) from exc
+                print(f"wrote {args.screenshot}")
+                return 0
+            print(f"topic board of model {cfg.model!r} on {url} (Ctrl-C stops)", flush=True)
+            stop = {"now": False}
+
+            def on_signal(signum: int, _frame: Any) -> None:
+                stop["now"] = True
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            while not stop["now"]:
+                time.sleep(0.2)
         finally:
             server.close()
-            if cfg.redis_url:
-                store.close()
-        print(f"wrote {args.screenshot}")
-        return 0
-    print(f"topic board of model {cfg.model!r} on {url} (Ctrl-C stops)", flush=True)
-    stop = {"now": False}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        while not stop["now"]:
-            time.sleep(0.2)
-    finally:
-        server.close()
-        if cfg.redis_url:  # closing the in-memory store would rewrite its file
-            store.close()
     return 0
 
 
@@ -729,23 +732,17 @@ def _partitions(n: int) -> str:
 
 
 def cmd_state_export(args: argparse.Namespace) -> int:
-    from stream.app import build_store
     from stream.state.export import export_store, write_export
 
     cfg = _config(args)
     where, river_file = _state_target(cfg, "export")
-    if not cfg.redis_url and not Path(str(cfg.state_file)).is_file():
-        raise CliError(f"no such state file: {cfg.state_file}")
-    store = build_store(cfg)
+    source = ({"store": "redis", "model": cfg.model} if cfg.redis_url else
+              {"store": "memory", "state_file": Path(str(cfg.state_file)).name})
     try:
-        source = ({"store": "redis", "model": cfg.model} if cfg.redis_url else
-                  {"store": "memory", "state_file": Path(str(cfg.state_file)).name})
-        exp = export_store(store, river_file=river_file, source=source)
+        with _stored_model(cfg, "state export") as store:
+            exp = export_store(store, river_file=river_file, source=source)
     except ValueError as exc:
         raise CliError(f"{where}: {exc}") from exc
-    finally:
-        if cfg.redis_url:  # closing the in-memory store would rewrite its file
-            store.close()
     size = write_export(args.path, exp)
     print(f"exported {where}: {len(exp.state)} clusters, {exp.state.n_docs} documents, "
           f"version {exp.state.version}, {len(exp.topics.cards) if exp.topics else 0} topic "

@@ -7,10 +7,10 @@ module groups the public clusters hierarchically, from the stored state alone:
    micro-clusters for DenStream) gets a unit centroid (the sum of its rows' vector sums,
    decayed to the stream clock) and a weight (its decayed weight).
 2. The ``max_leaves`` heaviest clusters are merged bottom-up by *weighted Ward linkage* on
-   their centroids (:func:`ward_linkage`: the merge that adds least to the weighted
-   within-group sum of squares) down to ``max_macro_topics`` groups. Average linkage
-   (:func:`average_linkage`, with a ``max_distance`` at which merging stops) is the
-   alternative; on news embeddings it chains into one group holding most clusters.
+   their centroids (:func:`agglomerate`: the merge that adds least to the weighted
+   within-group sum of squares) down to ``max_macro_topics`` groups. Average linkage, with
+   a ``max_distance`` at which merging stops, is the alternative; on news embeddings it
+   chains into one group holding most clusters.
 3. Every other (lighter) cluster joins the group of the leaf whose centroid is most similar
    to its own. Bounding the leaves keeps the cost at ``O(max_leaves^2)`` memory and
    ``O(max_leaves^2)`` work per merge step, whatever the number of clusters.
@@ -103,109 +103,73 @@ def public_clusters(state: ClusterState, half_life: float | None) -> PublicClust
     return PublicClusters(ids.astype(np.int64), centroids, weights, sizes, created, last, t)
 
 
-def average_linkage(X: np.ndarray, w: np.ndarray, n_groups: int,
-                    max_distance: float | None = None) -> np.ndarray:
-    """Weighted average-linkage agglomeration of the unit rows of ``X`` on cosine distance.
+def agglomerate(X: np.ndarray, w: np.ndarray, n_groups: int, linkage: str = "ward",
+                max_distance: float | None = None) -> np.ndarray:
+    """Weighted bottom-up agglomeration of the unit rows of ``X``, updated by Lance-Williams.
 
     Parameters
     ----------
     X
         ``(n, dim)`` unit vectors.
     w
-        ``(n,)`` positive weights: a group's distance to another is the ``w``-weighted mean
-        of its members' distances.
+        ``(n,)`` positive weights (a row of weight ``w`` counts as ``w`` copies of it).
     n_groups
         Stop when this many groups are left (at least 1).
+    linkage
+        ``ward``: merge the two groups whose union adds least to the weighted within-group
+        sum of squares, ``w_i w_j / (w_i + w_j) * ||m_i - m_j||^2`` for group means ``m``
+        (``||a - b||^2 = 2 (1 - cos)`` for unit vectors), updated by
+        ``d(k, i+j) = ((w_k + w_i) d(k, i) + (w_k + w_j) d(k, j) - w_k d(i, j)) / (w_k + w_i + w_j)``.
+        ``average``: the ``w``-weighted mean cosine distance between the members of two
+        groups, ``d(k, i+j) = (w_i d(k, i) + w_j d(k, j)) / (w_i + w_j)``. Average linkage
+        chains on news embeddings (one group ends up holding most clusters, the rest are
+        single stories); Ward's criterion keeps the groups' spread comparable.
     max_distance
-        Also stop when the two closest groups are farther apart than this (cosine distance,
-        0 to 2); None: merge down to ``n_groups``.
+        Also stop when the two closest groups are farther apart than this (in the linkage's
+        own distance); None: merge down to ``n_groups``.
 
     Returns
     -------
     np.ndarray
-        ``(n,)`` int64 group of each row, numbered ``0..g-1`` by first row.
+        ``(n,)`` int64 group of each row, numbered ``0..g-1`` by first row, so the result does
+        not depend on the merge order.
 
     >>> X = np.array([[1, 0], [0.99, 0.14], [0, 1], [0.1, 0.99]], np.float32)
     >>> X /= np.linalg.norm(X, axis=1, keepdims=True)
-    >>> average_linkage(X, np.ones(4), 2).tolist()
-    [0, 0, 1, 1]
+    >>> agglomerate(X, np.ones(4), 2).tolist(), agglomerate(X, np.ones(4), 2, "average").tolist()
+    ([0, 0, 1, 1], [0, 0, 1, 1])
     """
     if n_groups < 1:
         raise ValueError(f"n_groups={n_groups} should be >= 1")
+    if linkage not in ("ward", "average"):
+        raise ValueError(f"linkage={linkage!r} should be 'ward' or 'average'")
     n = int(X.shape[0])
     if n == 0:
         return np.zeros(0, np.int64)
     X64 = np.asarray(X, np.float64)
-    D = 1.0 - X64 @ X64.T
-    np.fill_diagonal(D, np.inf)
     size = np.maximum(np.asarray(w, np.float64), 1e-12).copy()
-    alive = np.ones(n, bool)
+    cos = X64 @ X64.T
+    if linkage == "ward":
+        D = np.maximum(2.0 - 2.0 * cos, 0.0) * np.outer(size, size) / np.add.outer(size, size)
+    else:
+        D = 1.0 - cos
+    np.fill_diagonal(D, np.inf)
     parent = np.arange(n)  # representative of each row's group
-    groups = n
-    while groups > n_groups:
-        flat = int(np.argmin(D))
-        i, j = divmod(flat, n)
-        if not np.isfinite(D[i, j]) or (max_distance is not None and D[i, j] > max_distance):
+    for _ in range(n - n_groups):
+        i, j = divmod(int(np.argmin(D)), n)
+        dij = D[i, j]
+        if not np.isfinite(dij) or (max_distance is not None and dij > max_distance):
             break
         wi, wj = size[i], size[j]
-        row = (wi * D[i] + wj * D[j]) / (wi + wj)  # Lance-Williams, average linkage
-        D[i], D[:, i] = row, row
-        D[i, i] = np.inf
-        D[j], D[:, j] = np.inf, np.inf
-        size[i] = wi + wj
-        alive[j] = False
-        parent[parent == j] = i
-        groups -= 1
-    _, first, labels = np.unique(parent, return_index=True, return_inverse=True)
-    # number the groups by their first row, so the result does not depend on merge order
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[labels].astype(np.int64)
-
-
-def ward_linkage(X: np.ndarray, w: np.ndarray, n_groups: int) -> np.ndarray:
-    """Weighted Ward agglomeration of the unit rows of ``X``: each step merges the two groups
-    whose union adds least to the weighted within-group sum of squares,
-    ``w_i w_j / (w_i + w_j) * ||m_i - m_j||^2`` for group means ``m`` (for unit vectors,
-    ``||a - b||^2 = 2 (1 - cos)``), updated by Lance-Williams:
-    ``d(k, i+j) = ((w_k + w_i) d(k, i) + (w_k + w_j) d(k, j) - w_k d(i, j)) / (w_k + w_i + w_j)``.
-
-    Average linkage chains on news embeddings: one group ends up holding most clusters and
-    the rest are single stories. Ward's criterion keeps the groups' spread comparable, which
-    gives a dozen headings of similar breadth.
-
-    Returns the ``(n,)`` int64 group of each row, numbered ``0..g-1`` by first row.
-
-    >>> X = np.array([[1, 0], [0.99, 0.14], [0, 1], [0.1, 0.99]], np.float32)
-    >>> X /= np.linalg.norm(X, axis=1, keepdims=True)
-    >>> ward_linkage(X, np.ones(4), 2).tolist()
-    [0, 0, 1, 1]
-    """
-    if n_groups < 1:
-        raise ValueError(f"n_groups={n_groups} should be >= 1")
-    n = int(X.shape[0])
-    if n == 0:
-        return np.zeros(0, np.int64)
-    X64 = np.asarray(X, np.float64)
-    size = np.maximum(np.asarray(w, np.float64), 1e-12).copy()
-    sq = np.maximum(2.0 - 2.0 * (X64 @ X64.T), 0.0)
-    D = sq * (size[:, None] * size[None, :]) / (size[:, None] + size[None, :])
-    np.fill_diagonal(D, np.inf)
-    parent = np.arange(n)
-    groups = n
-    while groups > n_groups:
-        flat = int(np.argmin(D))
-        i, j = divmod(flat, n)
-        if not np.isfinite(D[i, j]):
-            break
-        wi, wj, dij = size[i], size[j], D[i, j]
-        row = ((size + wi) * D[i] + (size + wj) * D[j] - size * dij) / (size + wi + wj)
+        if linkage == "ward":
+            row = ((size + wi) * D[i] + (size + wj) * D[j] - size * dij) / (size + wi + wj)
+        else:
+            row = (wi * D[i] + wj * D[j]) / (wi + wj)
         D[i], D[:, i] = row, row
         D[i, i] = np.inf
         D[j], D[:, j] = np.inf, np.inf
         size[i] = wi + wj
         parent[parent == j] = i
-        groups -= 1
     _, first, labels = np.unique(parent, return_index=True, return_inverse=True)
     rank = np.empty_like(first)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)
@@ -281,9 +245,9 @@ def macro_topics(state: ClusterState, topics: TopicState | None, half_life: floa
     max_leaves
         Heaviest clusters that are agglomerated; the others join their nearest leaf's group.
     max_distance
-        None (the default): weighted Ward linkage (:func:`ward_linkage`) down to
-        ``max_macro_topics``; a cosine distance: weighted average linkage
-        (:func:`average_linkage`) that also stops merging groups farther apart than it.
+        None (the default): weighted Ward linkage down to ``max_macro_topics``; a cosine
+        distance: weighted average linkage that also stops merging groups farther apart
+        than it (see :func:`agglomerate`).
     clusters
         :func:`public_clusters` of ``state``, when the caller has it already.
     max_keyword_members
@@ -300,11 +264,8 @@ def macro_topics(state: ClusterState, topics: TopicState | None, half_life: floa
     order = np.argsort(-pc.weights, kind="stable")
     leaves = order[:max_leaves]
     groups = np.empty(k, np.int64)
-    if max_distance is None:
-        groups[leaves] = ward_linkage(pc.centroids[leaves], pc.weights[leaves], max_macro_topics)
-    else:
-        groups[leaves] = average_linkage(pc.centroids[leaves], pc.weights[leaves],
-                                         max_macro_topics, max_distance)
+    groups[leaves] = agglomerate(pc.centroids[leaves], pc.weights[leaves], max_macro_topics,
+                                 "ward" if max_distance is None else "average", max_distance)
     rest = order[max_leaves:]
     if rest.size:
         nearest = np.argmax(pc.centroids[rest] @ pc.centroids[leaves].T, axis=1)

@@ -17,7 +17,7 @@ from conftest import REPO, documents
 from stream.bench_board import synthetic_model
 from stream.board import BoardQueryError, TopicBoard, build_view, parse_query
 from stream.http import StatusServer
-from stream.macro import average_linkage, macro_topics, public_clusters, ward_linkage
+from stream.macro import agglomerate, macro_topics, public_clusters
 from stream.state.memory import MemoryStore
 from stream.topics import TopicParams
 
@@ -34,29 +34,31 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
-def test_ward_linkage_finds_the_themes_and_matches_the_weighted_criterion() -> None:
+def test_ward_agglomeration_finds_the_themes_and_matches_the_weighted_criterion() -> None:
     X, truth = blobs()
-    assert same_partition(ward_linkage(X, np.ones(len(X)), 4), truth)
-    assert len(set(ward_linkage(X, np.ones(len(X)), 3).tolist())) == 3
+    assert same_partition(agglomerate(X, np.ones(len(X)), 4), truth)
+    assert len(set(agglomerate(X, np.ones(len(X)), 3).tolist())) == 3
     # a weight counts as that many copies of the point: Ward's criterion is additive
     w = np.arange(1, len(X) + 1, dtype=np.float64)
     copies = np.repeat(X, w.astype(int), axis=0)
     owner = np.repeat(np.arange(len(X)), w.astype(int))
-    weighted = ward_linkage(X, w, 4)
-    expanded = ward_linkage(copies, np.ones(len(copies)), 4)
+    weighted = agglomerate(X, w, 4)
+    expanded = agglomerate(copies, np.ones(len(copies)), 4)
     assert same_partition(weighted[owner], expanded)
     with pytest.raises(ValueError, match="n_groups=0"):
-        ward_linkage(X, np.ones(len(X)), 0)
+        agglomerate(X, np.ones(len(X)), 0)
 
 
-def test_average_linkage_finds_the_themes_and_respects_the_bound() -> None:
+def test_average_agglomeration_finds_the_themes_and_respects_the_bound() -> None:
     X, truth = blobs()
-    assert same_partition(average_linkage(X, np.ones(len(X)), 4), truth)
-    assert len(set(average_linkage(X, np.ones(len(X)), 2).tolist())) == 2
+    assert same_partition(agglomerate(X, np.ones(len(X)), 4, "average"), truth)
+    assert len(set(agglomerate(X, np.ones(len(X)), 2, "average").tolist())) == 2
     # a distance limit stops merging before the bound: the themes stay apart
-    assert same_partition(average_linkage(X, np.ones(len(X)), 1, max_distance=0.5), truth)
+    assert same_partition(agglomerate(X, np.ones(len(X)), 1, "average", max_distance=0.5), truth)
     with pytest.raises(ValueError, match="n_groups=0"):
-        average_linkage(X, np.ones(len(X)), 0)
+        agglomerate(X, np.ones(len(X)), 0, "average")
+    with pytest.raises(ValueError, match="linkage='single'"):
+        agglomerate(X, np.ones(len(X)), 2, "single")
 
 
 def test_macro_topics_cover_every_cluster_once_with_merged_keywords() -> None:
@@ -83,9 +85,9 @@ def test_board_answers_from_its_cache_until_the_model_changes() -> None:
     reads = {"n": 0}
     real = store.export_state
 
-    def counting():  # type: ignore[no-untyped-def]
+    def counting(cards=None):  # type: ignore[no-untyped-def]
         reads["n"] += 1
-        return real()
+        return real(cards)
 
     store.export_state = counting  # type: ignore[method-assign]
     board = TopicBoard(store, TopicParams(), max_macro_topics=6, default_n=10, background=False)

@@ -144,24 +144,47 @@ def test_plan_batches_respects_rows_and_token_budget() -> None:
         assert e - s <= 64 and ((e - s) * widths[s] <= 2048 or e - s == 1)
 
 
-def test_plan_batches_costs_no_more_than_cutting_every_full_pass() -> None:
-    """The planned cut (padded tokens plus a fixed cost per pass) is never worse than the
-    plain cut into full passes, and with no cost per pass it pads nothing."""
+def test_plan_batches_is_the_cheapest_cut() -> None:
+    """Against every way of cutting (exhaustive on short inputs) and against the plain cut
+    into full passes: the plan costs (padded tokens plus a fixed cost per pass) no more than
+    either, and with no cost per pass it pads nothing."""
+    import itertools
+
     from encoders.transformer import plan_batches
 
     def cost(widths: np.ndarray, spans: list[tuple[int, int]], per_pass: int) -> int:
         return sum((e - s) * int(widths[s]) + per_pass for s, e in spans)
 
+    def fits(widths: np.ndarray, spans: list[tuple[int, int]], rows: int, tokens: int) -> bool:
+        return all(e - s == 1 or (e - s <= rows and (e - s) * widths[s] <= tokens)
+                   for s, e in spans)
+
+    def full_passes(widths: np.ndarray, rows: int, tokens: int) -> list[tuple[int, int]]:
+        spans, s = [], 0
+        while s < len(widths):
+            spans.append((s, min(len(widths), s + min(rows, max(1, tokens // widths[s])))))
+            s = spans[-1][1]
+        return spans
+
     rng = np.random.default_rng(1)
-    for _ in range(50):
-        widths = np.sort(rng.integers(3, 40, rng.integers(1, 300)))[::-1]
-        plain = plan_batches(widths, 128, 16384, pass_cost=10**9)  # as few passes as possible
+    for trial in range(120):
+        n = int(rng.integers(1, 9)) if trial < 60 else int(rng.integers(1, 300))
+        widths = np.sort(rng.integers(3, 40, n))[::-1]
+        rows, tokens = int(rng.integers(1, 6)) if trial < 60 else 128, 16384
         for per_pass in (0, 16, 64, 512):
-            spans = plan_batches(widths, 128, 16384, pass_cost=per_pass)
-            assert spans[0][0] == 0 and spans[-1][1] == len(widths)
-            assert all(e - s <= 128 for s, e in spans)
+            spans = plan_batches(widths, rows, tokens, pass_cost=per_pass)
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+            assert fits(widths, spans, rows, tokens)
+            plain = full_passes(widths, rows, tokens)
             assert cost(widths, spans, per_pass) <= cost(widths, plain, per_pass)
-        unpadded = plan_batches(widths, 128, 16384, pass_cost=0)
+            if n < 9:  # every cut of the n documents
+                every = ([(s, e) for s, e in zip((0, *c), (*c, n), strict=True)]
+                         for k in range(n) for c in itertools.combinations(range(1, n), k))
+                best = min(cost(widths, sp, per_pass) for sp in every
+                           if fits(widths, sp, rows, tokens))
+                assert cost(widths, spans, per_pass) == best
+        unpadded = plan_batches(widths, rows, tokens, pass_cost=0)
         assert all(widths[s] == widths[e - 1] for s, e in unpadded)
 
 

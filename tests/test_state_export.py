@@ -359,3 +359,36 @@ def test_cli_refusals_are_one_line(tmp_path: Path, redis_server: Service,
 def test_export_of_a_store_without_state_refuses() -> None:
     with pytest.raises(ExportFormatError, match="no state"):
         export_store(MemoryStore())
+
+
+def test_redis_export_reuses_cached_cards_only_while_unchanged(redis_server: Service) -> None:
+    """The topic board rereads the model through a card cache: unchanged cards come back as
+    the cached objects, a changed card is parsed again, and the result always equals a read
+    without the cache."""
+    import dataclasses
+
+    from stream.bench_board import synthetic_model
+    from stream.topics import TopicParams
+
+    params = TopicParams()
+    state, topics = synthetic_model(50, dim=16, params=params)
+    store = RedisStore(redis_server.url, model="card-cache", half_life=params.half_life)
+    try:
+        store.import_state(state, topics, {})
+        cache: dict = {}
+        first = store.export_state(cache)
+        again = store.export_state(cache)
+        assert first.topics is not None and again.topics is not None
+        assert all(again.topics.cards[c] is first.topics.cards[c] for c in first.topics.cards)
+        changed = next(iter(topics.cards))
+        topics.cards[changed] = dataclasses.replace(topics.cards[changed], size=10**6)
+        store.import_state(state, topics, {}, force=True)
+        third = store.export_state(cache)
+        assert third.topics is not None and third.topics.cards[changed].size == 10**6
+        assert third.topics.cards[changed] is not again.topics.cards[changed]
+        assert all(third.topics.cards[c] is again.topics.cards[c]
+                   for c in third.topics.cards if c != changed)
+        plain = store.export_state()
+        assert plain.topics is not None and plain.topics.to_json() == third.topics.to_json()
+    finally:
+        store.close()

@@ -24,7 +24,7 @@ import numpy as np
 
 from stream.clustering.base import ClusterState, Delta
 from stream.contracts import TopicPartition
-from stream.topics import TopicDelta, TopicState
+from stream.topics import TopicCard, TopicDelta, TopicState
 
 NO_OFFSET = -1
 
@@ -107,9 +107,11 @@ class StateStore(Protocol):
         """Every stored next offset, by :func:`offset_field`."""
         ...
 
-    def export_state(self) -> StoreSnapshot:
+    def export_state(self, cards: dict[str, tuple[bytes, TopicCard]] | None = None
+                     ) -> StoreSnapshot:
         """The state, topic state and offsets of the model, consistent with each other (no
-        commit falls between the reads)."""
+        commit falls between the reads). ``cards``: a cache of parsed topic cards kept by a
+        reader that rereads the model often (a store that parses nothing may ignore it)."""
         ...
 
     def import_state(self, state: ClusterState, topics: TopicState | None,

@@ -22,7 +22,7 @@ from stream.state import (
     StoreSnapshot,
     offset_field,
 )
-from stream.topics import TopicDelta, TopicParams, TopicState, apply_topic_delta
+from stream.topics import TopicCard, TopicDelta, TopicParams, TopicState, apply_topic_delta
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class MemoryStore:
                 self._offsets[offset_field(mv.tp)] = mv.new
             return CommitResult(self._state.version, self._state.n_docs)
 
-    def export_state(self) -> StoreSnapshot:
+    def export_state(self, cards: dict[str, tuple[bytes, TopicCard]] | None = None
+                     ) -> StoreSnapshot:
+        """The held objects themselves (nothing is parsed, so ``cards`` is not used)."""
         with self._lock:
             return StoreSnapshot(self._state, self._topics, dict(self._offsets))
 

@@ -176,8 +176,14 @@ class RedisStore:
             raise StoreUnavailable(str(exc)) from exc
         return _parse_offsets(raw)
 
-    def export_state(self) -> StoreSnapshot:
-        """State, topic cards and offsets in one MULTI/EXEC: no commit falls between them."""
+    def export_state(self, cards: dict[str, tuple[bytes, TopicCard]] | None = None
+                     ) -> StoreSnapshot:
+        """State, topic cards and offsets in one MULTI/EXEC: no commit falls between them.
+
+        ``cards`` is a cache for a reader that rereads the model again and again (the topic
+        board): field -> (stored JSON, parsed card). A card whose stored JSON is byte for
+        byte the cached one is not parsed again (a batch changes a few cards of thousands),
+        and the cache is updated in place to the cards read."""
         k = self.keys
         try:
             with self.r.pipeline(transaction=True) as p:
@@ -189,45 +195,7 @@ class RedisStore:
                 meta, clusters, next_id, topics, offsets = p.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics),
-                             _parse_offsets(offsets))
-
-    def export_state_cached(self, cache: dict[str, tuple[bytes, TopicCard]]) -> StoreSnapshot:
-        """:meth:`export_state` for a reader that rereads the model again and again (the
-        topic board): a topic card whose stored JSON is byte for byte the one in ``cache``
-        is not parsed again (a batch changes a few cards of thousands). ``cache`` (field ->
-        (JSON, card)) is updated in place to the cards read."""
-        k = self.keys
-        try:
-            with self.r.pipeline(transaction=True) as p:
-                p.hgetall(k["meta"])
-                p.hgetall(k["clusters"])
-                p.get(k["next_id"])
-                p.hgetall(k["topics"])
-                p.hgetall(k["offsets"])
-                meta, clusters, next_id, raw, offsets = p.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        topics = None
-        if raw:
-            cards: dict[int, TopicCard] = {}
-            fresh: dict[str, tuple[bytes, TopicCard]] = {}
-            every: dict[str, Any] = {"w": {}, "t": 0.0}
-            for key, value in raw.items():
-                name = _text(key)
-                if name == ALL:
-                    every = json.loads(value)
-                    continue
-                hit = cache.get(name)
-                card = hit[1] if hit is not None and hit[0] == value else \
-                    TopicCard.from_json(json.loads(value))
-                fresh[name] = (value, card)
-                cards[int(name)] = card
-            cache.clear()
-            cache.update(fresh)
-            topics = TopicState(cards, {str(t): float(v) for t, v in dict(every.get("w") or {}).items()},
-                                float(every["t"]))
-        return StoreSnapshot(_parse_state(meta, clusters, next_id), topics,
+        return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics, cards),
                              _parse_offsets(offsets))
 
     def import_state(self, state: ClusterState, topics: TopicState | None,
@@ -360,10 +328,31 @@ def _parse_state(meta: dict[Any, Any], clusters: dict[Any, Any],
     return state.sorted()
 
 
-def _parse_topics(raw: dict[Any, Any]) -> TopicState | None:
+def _parse_topics(raw: dict[Any, Any], cache: dict[str, tuple[bytes, TopicCard]] | None = None
+                  ) -> TopicState | None:
+    """The topics hash as a :class:`TopicState`; with ``cache`` (see
+    :meth:`RedisStore.export_state`), unchanged cards are taken from it, not parsed."""
     if not raw:
         return None
-    return TopicState.from_json({_text(k): json.loads(v) for k, v in raw.items()})
+    every: dict[str, Any] = {}
+    cards: dict[int, TopicCard] = {}
+    fresh: dict[str, tuple[bytes, TopicCard]] = {}
+    for key, value in raw.items():
+        name = _text(key)
+        if name == ALL:
+            every[ALL] = json.loads(value)
+            continue
+        hit = cache.get(name) if cache is not None else None
+        card = hit[1] if hit is not None and hit[0] == value else \
+            TopicCard.from_json(json.loads(value))
+        fresh[name] = (value, card)
+        cards[int(name)] = card
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
+    state = TopicState.from_json(every)  # the all-clusters sketch, parsed in one place
+    state.cards = cards
+    return state
 
 
 def _parse_offsets(raw: dict[Any, Any]) -> dict[str, int]:
