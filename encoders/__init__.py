@@ -10,8 +10,9 @@ spec string, the form used by the config and the CLI:
   assembled by ``topicstream model assemble mpnet`` (:mod:`encoders.models`);
 - ``hybrid`` or ``hybrid:PATH`` (the default): :class:`~encoders.hybrid.HybridEncoder`, the
   transformer beside a lexical hashing vector;
-- ``distilled:PATH``: :class:`~encoders.distilled.DistilledEncoder`, a small ``static`` or
-  ``cnn`` student of the transformer trained by ``topicstream train`` (fast on a CPU).
+- ``distilled:PATH``: :class:`~encoders.distilled.DistilledEncoder`, a small ``static``,
+  ``cnn``, ``bilstm`` or ``attention`` student of the transformer trained by
+  ``topicstream train`` (fast on a CPU).
 
 Encoders import neither kafka nor redis.
 """
