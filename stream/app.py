@@ -67,12 +67,30 @@ def build_clusterer(cfg: Config, encoder: Encoder) -> Clusterer:
 
 
 def build_encoder(cfg: Config) -> Encoder:
+    """The encoder of ``cfg``, wrapped by its ``reducer`` (a compressor of its vectors,
+    :class:`~encoders.reducer.ReducedEncoder`) when one is set."""
+    reducer = None
+    if cfg.reducer:  # loaded first: a bad path fails before the transformer loads
+        from encoders.reducer import load_reducer
+
+        try:
+            reducer = load_reducer(cfg.reducer)
+        except (FileNotFoundError, ValueError) as exc:
+            raise Unreachable(f"reducer {cfg.reducer!r}: {exc}") from exc
     try:
-        return load_encoder(cfg.encoder, device=cfg.device, batch_size=cfg.encode_batch_size,
-                            precision=cfg.encoder_precision, max_tokens=cfg.encode_max_tokens,
-                            compile=cfg.encoder_compile)
+        encoder = load_encoder(cfg.encoder, device=cfg.device, batch_size=cfg.encode_batch_size,
+                               precision=cfg.encoder_precision, max_tokens=cfg.encode_max_tokens,
+                               compile=cfg.encoder_compile)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise Unreachable(f"encoder {cfg.encoder!r}: {exc}") from exc
+    if reducer is None:
+        return encoder
+    from encoders.reducer import ReducedEncoder
+
+    try:
+        return ReducedEncoder(encoder, reducer)
+    except ValueError as exc:  # the wrong encoder for this reducer: a configuration mistake
+        raise ConfigError(f"reducer {cfg.reducer!r}: {exc}") from exc
 
 
 def build_store(cfg: Config) -> StateStore:

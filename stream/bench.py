@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.clustering.base import Clusterer
+from stream.clustering.base import Clusterer, ClusterState
 from stream.evaluate import follow_merges, quality
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,109 @@ def print_table(rows: list[Row], title: str, out: Any) -> None:
 
 def rows_as_json(rows: list[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+# -- bench quality --encoders: one row per model ----------------------------------------------
+@dataclass
+class ModelRow:
+    """One line of the models table: an encoder (and reducer) with one clusterer."""
+
+    model: str
+    clusterer: str
+    dim: int
+    threshold: float | None
+    nmi: float
+    ari: float
+    clusters: int
+    clusters_5plus: int
+    encoder_docs_per_s: float
+    clusterer_docs_per_s: float
+    state_bytes_per_cluster: float
+    note: str = ""
+
+
+def split_model(spec: str) -> tuple[str, str]:
+    """``ENCODER[+REDUCER]`` (``transformer+ae:/models/ae64``) as ``(encoder, reducer)``."""
+    encoder, _, reducer = spec.partition("+")
+    return encoder.strip(), reducer.strip()
+
+
+def state_bytes_per_cluster(clusterer: Clusterer) -> float:
+    """Bytes of clusterer state per public cluster, as the Redis store lays them out: one
+    record (:func:`~stream.state.redis_store.record_dtype`) per row of the state (a centroid
+    for k-means, a micro-cluster for DenStream), divided by the number of clusters. Topic
+    cards (keywords, exemplars) come on top and do not depend on the encoder."""
+    from stream.state.redis_store import record_dtype
+
+    state = clusterer.snapshot()
+    clusters = len(np.unique(state.row_labels))
+    return round(len(state) * record_dtype(state.dim).itemsize / max(clusters, 1), 1)
+
+
+def model_row(model: str, clusterer_name: str, clusterer: Clusterer, X: np.ndarray,
+              encode_seconds: float, labels: Sequence[str], batch_size: int) -> ModelRow:
+    """Stream ``X`` through ``clusterer`` and score it, ids followed through announced merges."""
+    preds, merges, seconds = run_clusterer(clusterer, X, batch_size)
+    q = quality(labels, follow_merges(preds, merges))
+    threshold = getattr(clusterer, "threshold", None)
+    return ModelRow(model, clusterer_name, int(X.shape[1]),
+                    None if threshold is None else round(float(threshold), 4),
+                    round(q.nmi, 4), round(q.ari, 4), q.clusters, q.clusters_5plus,
+                    round(len(X) / max(encode_seconds, 1e-9), 1),
+                    round(len(X) / max(seconds, 1e-9), 1), state_bytes_per_cluster(clusterer))
+
+
+def print_model_table(rows: list[ModelRow], title: str, out: Any) -> None:
+    print(title, file=out)
+    head = f"{'model':<34} {'clusterer':<10} {'dim':>5} {'thresh':>6} {'NMI':>6} {'ARI':>6} " \
+           f"{'5+':>5} {'enc docs/s':>10} {'clu docs/s':>10} {'B/cluster':>9}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        th = "-" if r.threshold is None else f"{r.threshold:.3f}"
+        print(f"{r.model:<34} {r.clusterer:<10} {r.dim:>5} {th:>6} {r.nmi:>6.3f} {r.ari:>6.3f} "
+              f"{r.clusters_5plus:>5} {r.encoder_docs_per_s:>10,.0f} "
+              f"{r.clusterer_docs_per_s:>10,.0f} {r.state_bytes_per_cluster:>9,.0f}"
+              + (f"  {r.note}" if r.note else ""), file=out)
+
+
+# -- bench bootstrap ---------------------------------------------------------------------------
+@dataclass
+class WarmRow:
+    """One way to start the online clusterer, scored on the stream after the history."""
+
+    start: str
+    nmi: float
+    ari: float
+    clusters: int
+    clusters_5plus: int
+    initial_clusters: int
+    seconds: float  # preparing the initial state (0 for a cold start)
+    note: str = ""
+
+
+def continue_from(clusterer: Clusterer, state: ClusterState | None, X_rest: np.ndarray,
+                  labels_rest: Sequence[str], batch_size: int, start: str, seconds: float,
+                  note: str = "") -> WarmRow:
+    """Restore ``state`` (None: start empty), stream ``X_rest`` and score its documents, ids
+    followed through the merges announced while streaming it."""
+    if state is not None:
+        clusterer.restore(state)
+    preds, merges, _ = run_clusterer(clusterer, X_rest, batch_size)
+    q = quality(labels_rest, follow_merges(preds, merges))
+    return WarmRow(start, round(q.nmi, 4), round(q.ari, 4), q.clusters, q.clusters_5plus,
+                   0 if state is None else len(state), round(seconds, 1), note)
+
+
+def print_warm_table(rows: list[WarmRow], title: str, out: Any) -> None:
+    print(title, file=out)
+    head = f"{'start':<34} {'NMI':>6} {'ARI':>6} {'clusters':>8} {'5+':>5} {'initial':>7} " \
+           f"{'prep s':>7}  note"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        print(f"{r.start:<34} {r.nmi:>6.3f} {r.ari:>6.3f} {r.clusters:>8d} {r.clusters_5plus:>5d} "
+              f"{r.initial_clusters:>7d} {r.seconds:>7.1f}  {r.note}", file=out)
 
 
 # -- bench emerging ---------------------------------------------------------------------------

@@ -206,3 +206,54 @@ def print_encoder_row(r: EncoderRow, out: Any) -> None:
     if r.pipeline_docs_per_s is not None and r.pipeline_ratio is not None:
         print(f"  one worker, end to end {r.pipeline_docs_per_s:>8,.0f} docs/s  "
               f"({r.pipeline_ratio:.0%} of the raw encoder)", file=out)
+
+
+# -- bench encoder --encoders: every model's speed on the same texts ---------------------------
+@dataclass
+class ModelSpeed:
+    """One model of ``bench encoder --encoders``: its documents/s on the texts, in
+    micro-batches of ``batch_size`` as the worker calls it, best of ``repeat`` rounds."""
+
+    model: str
+    name: str
+    device: str
+    dim: int
+    documents: int
+    batch_size: int
+    docs_per_s: float
+    relative: float  # docs/s over the first model's
+
+
+def run_model_speeds(models: Sequence[tuple[str, Any]], texts: Sequence[str], batch_size: int,
+                     repeat: int) -> list[ModelSpeed]:
+    """Time each ``(spec, encoder)`` on ``texts`` in micro-batches; after a warm-up on the
+    first batch the models take turns, ``repeat`` rounds, and each model's best run counts."""
+    def runner(encoder: Any) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(0, len(texts), batch_size):
+                encoder.encode(texts[i:i + batch_size])
+        return run
+
+    best = [float("inf")] * len(models)
+    for _, encoder in models:
+        encoder.encode(texts[:batch_size])
+    for _ in range(repeat):
+        for j, (_, encoder) in enumerate(models):
+            seconds, _ = _best_seconds(runner(encoder), encoder.device, 1)
+            best[j] = min(best[j], seconds)
+    first = len(texts) / best[0]
+    return [ModelSpeed(spec, encoder.name, encoder.device, int(encoder.dim), len(texts),
+                       batch_size, round(len(texts) / s, 1), round(len(texts) / s / first, 2))
+            for (spec, encoder), s in zip(models, best, strict=True)]
+
+
+def print_model_speeds(rows: Sequence[ModelSpeed], out: Any) -> None:
+    r0 = rows[0]
+    print(f"bench encoder: {r0.documents} documents in micro-batches of {r0.batch_size}, each "
+          "model's best round; x: docs/s over the first model's", file=out)
+    head = f"{'model':<40} {'device':<7} {'dim':>5} {'docs/s':>10} {'x':>7}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        print(f"{r.model:<40} {r.device:<7} {r.dim:>5} {r.docs_per_s:>10,.0f} {r.relative:>7.2f}",
+              file=out)

@@ -348,6 +348,8 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     data = bench.read_dataset(path, cfg.text_field, cfg.label_field, args.limit or None)
+    if args.encoders:
+        return _bench_models(args, cfg, data, path)
     names = [c.strip() for c in (args.clusterers or "kmeans,denstream").split(",") if c.strip()]
     clusterers: dict[str, Any] = {}
     encoder = build_encoder(cfg)
@@ -374,6 +376,45 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     bench.print_table(rows, title, sys.stdout)
     if args.json:
         _write_json(args.json, bench.rows_as_json(rows))
+    return 0
+
+
+def _bench_models(args: argparse.Namespace, cfg: Config, data: Any, path: Path) -> int:
+    """``bench quality --encoders A,B+R,...``: one row per model and clusterer, each model
+    encoding the whole stream itself (timed), the clusterer's threshold the model's own."""
+    import dataclasses as dc
+
+    from stream import bench
+    from stream.app import build_clusterer, build_encoder
+
+    specs = [s.strip() for s in args.encoders.split(",") if s.strip()]
+    names = [c.strip() for c in (args.clusterers or "kmeans").split(",") if c.strip()]
+    if not specs:
+        raise CliError(f"--encoders={args.encoders!r} names no encoder")
+    n = len(data.texts)
+    rows: list[bench.ModelRow] = []
+    for spec in specs:
+        enc_spec, red_spec = bench.split_model(spec)
+        changes: dict[str, Any] = {"encoder": enc_spec}
+        if red_spec:
+            changes["reducer"] = red_spec
+        mcfg = dc.replace(cfg, **changes).validate()
+        encoder = build_encoder(mcfg)
+        print(f"encoding {n} documents of {path.name} with {encoder.name} ...", file=sys.stderr)
+        X, enc_seconds = bench.encode_stream(encoder.encode, data.texts, cfg.batch_size)
+        for name in names:
+            print(f"  clustering with {name} ...", file=sys.stderr)
+            clusterer = build_clusterer(dc.replace(mcfg, clusterer=name).validate(), encoder)
+            rows.append(bench.model_row(spec, name, clusterer, X, enc_seconds, data.labels,
+                                        cfg.batch_size))
+        del encoder, X
+    title = (f"bench quality: {path.name}, {n} documents, {len(set(data.labels))} topics, "
+             f"batches of {cfg.batch_size}; ids followed through announced merges; enc docs/s "
+             "is the model encoding the stream batch by batch, clu docs/s the clustering step "
+             "alone, B/cluster the clusterer's Redis records per cluster")
+    bench.print_model_table(rows, title, sys.stdout)
+    if args.json:
+        _write_json(args.json, [dc.asdict(r) for r in rows])
     return 0
 
 
@@ -446,6 +487,8 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
         texts = [row["text"] for row in load_corpus()]
     if not texts:
         raise CliError("no texts to encode")
+    if args.encoders:
+        return _bench_model_speeds(args, cfg, texts[:args.limit] if args.limit else texts)
     pipeline = None
     if args.pipeline:
         from stream.bench_scale import run_scale
@@ -475,6 +518,31 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
     print_encoder_row(row, sys.stdout)
     if args.json:
         _write_json(args.json, row.as_json())
+    return 0
+
+
+def _bench_model_speeds(args: argparse.Namespace, cfg: Config, texts: list[str]) -> int:
+    import dataclasses as dc
+
+    from stream import bench
+    from stream.app import build_encoder
+    from stream.bench_encoder import print_model_speeds, run_model_speeds
+
+    models = []
+    for spec in (s.strip() for s in args.encoders.split(",")):
+        if not spec:
+            continue
+        enc_spec, red_spec = bench.split_model(spec)
+        changes: dict[str, Any] = {"encoder": enc_spec}
+        if red_spec:
+            changes["reducer"] = red_spec
+        models.append((spec, build_encoder(dc.replace(cfg, **changes).validate())))
+    if not models:
+        raise CliError(f"--encoders={args.encoders!r} names no encoder")
+    rows = run_model_speeds(models, texts, cfg.batch_size, args.repeat)
+    print_model_speeds(rows, sys.stdout)
+    if args.json:
+        _write_json(args.json, [dc.asdict(r) for r in rows])
     return 0
 
 
@@ -779,6 +847,155 @@ def cmd_state_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bootstrap -----------------------------------------------------------------------------
+def _bootstrap_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The DEC settings shared by ``bootstrap`` and ``bench bootstrap``, checked."""
+    return {"code_dim": _number("--code-dim", args.code_dim, int, 2, 64),
+            "ae_minutes": _number("--ae-minutes", args.ae_minutes, float, 1e-3, 1.0),
+            "dec_minutes": _number("--dec-minutes", args.dec_minutes, float, 1e-3, 1.0),
+            "seed": _number("--seed", args.seed, int, 0, 0)}
+
+
+def _kmeans_only(cfg: Config) -> None:
+    if cfg.clusterer != "kmeans":
+        raise CliError(f"clusterer={cfg.clusterer!r}: a bootstrap writes k-means centroids; "
+                       "only clusterer=kmeans takes one")
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    """DEC on a history file, written into the model's store as its initial state
+    (stream/bootstrap.py)."""
+    from stream.app import build_store, input_rules
+    from stream.bootstrap import read_history
+
+    cfg = _config(args)
+    _kmeans_only(cfg)
+    where, _ = _state_target(cfg, "bootstrap")
+    settings = _bootstrap_args(args)
+    k = _number("--k", args.k, int, 1, 0)
+    limit = _number("--limit", args.limit, int, 0, 0)
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    store = build_store(cfg)
+    try:
+        if not args.force and store.load_state() is not None:  # before the minutes of work
+            raise CliError(f"{where} already holds state; nothing was changed (--force "
+                           "replaces it)")
+        history = read_history(path, input_rules(cfg), limit or None)
+        if not history.docs:
+            raise CliError(f"{path}: no valid documents ({history.bad} bad records)")
+        return _bootstrap_into(args, cfg, store, where, path, history, settings, k)
+    finally:
+        if cfg.redis_url:  # the in-memory store wrote its file in the import
+            store.close()
+
+
+def _bootstrap_into(args: argparse.Namespace, cfg: Config, store: StateStore, where: str,
+                    path: Path, history: Any, settings: dict[str, Any], k: int) -> int:
+    from stream import bench
+    from stream.app import build_clusterer, build_encoder
+    from stream.bootstrap import bootstrap, online_k
+    from stream.state import StoreNotEmpty
+    from stream.state.export import StateExport, import_store
+
+    encoder = build_encoder(cfg)
+    print(f"encoding {len(history.docs)} documents of {path.name} with {encoder.name} ...",
+          file=sys.stderr)
+    X, _ = bench.encode_stream(encoder.encode, [d.text for d in history.docs], cfg.batch_size)
+    k_rule = "given"
+    if not k:
+        k = online_k(build_clusterer(cfg, encoder), X, cfg.batch_size)
+        k_rule = "clusters of 5+ documents in an online pass"
+    k = min(k, len(X))
+    threshold = float(getattr(build_clusterer(cfg, encoder), "threshold", 0.4))
+    boot = bootstrap(history.docs, X, k, half_life=cfg.half_life, threshold=threshold,
+                     params=cfg.topic_params(), progress=not args.no_progress, **settings)
+    try:
+        import_store(store, StateExport(boot.state, boot.topics), offsets=False,
+                     force=args.force)
+    except StoreNotEmpty as exc:
+        raise CliError(f"{exc}; nothing was changed (--force replaces it)") from exc
+    sizes = boot.state.counts
+    print(f"bootstrapped {where} from {len(X)} documents of {path.name}"
+          f"{f' ({history.bad} bad records skipped)' if history.bad else ''}: DEC with k={k} "
+          f"({k_rule}), {boot.dec.steps} refinement steps, {len(boot.state)} clusters "
+          f"(largest {int(sizes.max())}, median {int(sorted(sizes)[len(sizes) // 2])} "
+          "documents), "
+          f"{len(boot.topics.cards)} topic cards, in {boot.seconds:.1f} s; offsets left as "
+          "they were")
+    return 0
+
+
+def cmd_bench_bootstrap(args: argparse.Namespace) -> int:
+    """Cold start, history streamed online, AE + k-means and DEC warm starts, each scored on
+    the stream after the history (the first ``--history`` share of the file)."""
+    import copy as cp
+
+    import numpy as np
+
+    from stream import bench
+    from stream.app import build_clusterer, build_encoder
+    from stream.bootstrap import clusters_from_labels, fit_history, online_k, prune_members
+    from stream.evaluate import follow_merges, quality
+
+    cfg = _config(args)
+    _kmeans_only(cfg)
+    settings = _bootstrap_args(args)
+    share = _number("--history", args.history, float, 1e-9, 0.3)
+    if not share < 1:
+        raise CliError(f"--history={args.history!r} should be below 1 (a share of the file)")
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    data = bench.read_dataset(path, cfg.text_field, cfg.label_field, args.limit or None)
+    encoder = build_encoder(cfg)
+    n = len(data.texts)
+    h = int(round(share * n))
+    if not 1 <= h < n:
+        raise CliError(f"--history={share} leaves {h} of {n} documents for the history")
+    print(f"encoding {n} documents of {path.name} with {encoder.name} ...", file=sys.stderr)
+    X, _ = bench.encode_stream(encoder.encode, data.texts, cfg.batch_size)
+    XH, XR, yH, yR = X[:h], X[h:], data.labels[:h], data.labels[h:]
+    bs = cfg.batch_size
+
+    def fresh() -> Any:
+        return build_clusterer(cfg, encoder)
+
+    k = _number("--k", args.k, int, 1, 0) or online_k(fresh(), XH, bs)
+    rows = [bench.continue_from(fresh(), None, XR, yR, bs, "cold (empty state)", 0.0)]
+    t0 = time.perf_counter()
+    online = fresh()
+    preds, merges, _ = bench.run_clusterer(online, XH, bs)
+    replay_q = quality(yH, follow_merges(preds, merges))
+    rows.append(bench.continue_from(fresh(), cp.deepcopy(online.snapshot()), XR, yR, bs,
+                                    "history streamed online", time.perf_counter() - t0,
+                                    f"history NMI {replay_q.nmi:.3f}"))
+    print(f"DEC on {h} history documents, k={k} ...", file=sys.stderr)
+    dec = fit_history(XH, k, progress=not args.no_progress, **settings)
+    threshold = float(online.threshold)
+    for start, labels, prune in (("AE + k-means (DEC's init)", dec.init_labels, True),
+                                 ("DEC, every document kept", dec.labels, False),
+                                 ("DEC (the bootstrap)", dec.labels, True)):
+        kept = prune_members(XH, labels, threshold) if prune else labels
+        state, _ = clusters_from_labels(XH, kept, cfg.half_life)
+        hq = quality(yH, labels.tolist())
+        rows.append(bench.continue_from(
+            fresh(), state, XR, yR, bs, start, dec.seconds,
+            f"history NMI {hq.nmi:.3f}; {int(np.sum(kept < 0))} documents below the "
+            f"threshold left out; {dec.steps} DEC steps"))
+    title = (f"bench bootstrap: {path.name}, history = first {h} documents ({share:.0%}), "
+             f"scored on the other {n - h} ({len(set(yR))} topics); encoder {encoder.name}, "
+             f"clusterer kmeans (threshold {getattr(fresh(), 'threshold', '-')}); DEC k={k}"
+             f"{' (given)' if args.k else ' (clusters of 5+ in an online pass of the history)'}")
+    bench.print_warm_table(rows, title, sys.stdout)
+    if args.json:
+        import dataclasses as dc
+
+        _write_json(args.json, [dc.asdict(r) for r in rows])
+    return 0
+
+
 # -- demo ----------------------------------------------------------------------------------
 # -- train ---------------------------------------------------------------------------------
 def _number(flag: str, value: str | None, kind: type, minimum: float, default: Any) -> Any:
@@ -796,16 +1013,24 @@ def _number(flag: str, value: str | None, kind: type, minimum: float, default: A
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Distil the transformer into a small encoder (encoders/distilled.py) on a JSONL file's
-    texts; labels are never read."""
+    """Train a model on a JSONL file's texts (labels are never read): distil the transformer
+    into a small encoder (static, cnn, bilstm, attention: encoders/distilled.py), or train a compressor of an
+    encoder's vectors (ae, vae: encoders/reducer.py)."""
     from encoders.distilled import KINDS, train_distilled
+    from encoders.reducer import KINDS as REDUCER_KINDS
 
-    if args.kind not in KINDS:
-        raise CliError(f"kind={args.kind!r} should be one of {', '.join(KINDS)}")
+    if args.kind not in KINDS + REDUCER_KINDS:
+        raise CliError(f"kind={args.kind!r} should be one of {', '.join(KINDS + REDUCER_KINDS)}")
+    reducer = args.kind in REDUCER_KINDS
+    if not reducer and (args.encoder is not None or args.code_dim is not None):
+        raise CliError(f"--encoder and --code-dim apply to {' and '.join(REDUCER_KINDS)} only "
+                       f"(kind={args.kind!r} distils the transformer)")
     minutes = _number("--minutes", args.minutes, float, 1e-3, 5.0)
-    epochs = _number("--epochs", args.epochs, int, 1, 20)
+    epochs = _number("--epochs", args.epochs, int, 1, 100 if reducer else 20)
     seed = _number("--seed", args.seed, int, 0, 0)
-    batch_size = _number("--batch-size", args.batch_size, int, 1, 128)
+    batch_size = _number("--batch-size", args.batch_size, int, 2 if reducer else 1,
+                         256 if reducer else 128)
+    code_dim = _number("--code-dim", args.code_dim, int, 1, 64)
     limit = _number("--limit", args.limit, int, 0, 0)
     path = Path(args.dataset)
     if not path.is_file():
@@ -818,6 +1043,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         texts = texts[:limit]
     if not texts:
         raise CliError(f"{path}: no texts to train on")
+    if reducer:
+        return _train_reducer(args, texts, path, out, code_dim=code_dim, epochs=epochs,
+                              minutes=minutes, seed=seed, batch_size=batch_size)
     result = train_distilled(args.kind, texts, out, epochs=epochs, minutes=minutes, seed=seed,
                              batch_size=batch_size, progress=not args.no_progress)
     losses = result.losses
@@ -825,6 +1053,43 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{result.steps} steps in {result.seconds:.1f} s (teacher {result.teacher_seconds:.1f} s); "
           f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; default threshold "
           f"{result.default_threshold:.4f}; saved to {out} (use --encoder distilled:{out})")
+    return 0
+
+
+def _train_reducer(args: argparse.Namespace, texts: list[str], path: Path, out: Path,
+                   **train: Any) -> int:
+    """``train ae|vae``: encode the texts with ``--encoder`` (the settings' path, so
+    TOPICSTREAM_DEVICE and the like apply), then train and save the reducer."""
+    import numpy as np
+
+    from encoders.reducer import train_reducer
+    from stream.app import build_encoder
+
+    spec = args.encoder or "transformer"
+    cfg = load_config(None, overrides={"encoder": spec, "reducer": ""})
+    encoder = build_encoder(cfg)
+    print(f"encoding {len(texts)} texts of {path.name} with {encoder.name} ...", file=sys.stderr)
+    bar = Progress("encoded", len(texts))
+    start = time.monotonic()
+    parts = []
+    for i in range(0, len(texts), 1024):
+        parts.append(encoder.encode(texts[i:i + 1024]))
+        bar.update(i + len(parts[-1]))
+    bar.done()
+    encode_s = time.monotonic() - start
+    base = float(getattr(encoder, "default_threshold", 0.4))
+    result = train_reducer(args.kind, np.concatenate(parts), out, progress=not args.no_progress,
+                           base_threshold=base,
+                           base_merge_threshold=getattr(encoder, "default_merge_threshold", None),
+                           encoder_spec=spec, encoder_name=encoder.name, device=cfg.device,
+                           **train)
+    losses = result.losses
+    print(f"trained {args.kind}{result.code_dim} on {len(texts)} vectors of {path.name} "
+          f"({encoder.name}, {result.in_dim}-d, encoded in {encode_s:.1f} s): {len(losses)} "
+          f"epoch(s), {result.steps} steps in {result.seconds:.1f} s on {result.device}; loss "
+          f"{losses[0]:.4f} -> {losses[-1]:.4f}; default threshold {result.default_threshold:.4f} "
+          f"(encoder's {base:.4f}); saved to {out} (use --encoder {spec} --reducer "
+          f"{args.kind}:{out})")
     return 0
 
 
@@ -878,6 +1143,17 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 # -- main ----------------------------------------------------------------------------------
+def _dec_flags(q: argparse.ArgumentParser) -> None:
+    """The flags of DEC (``bootstrap``, ``bench bootstrap``)."""
+    q.add_argument("--k", metavar="K", help="clusters (default: the clusters of 5 or more "
+                   "documents that an online pass of the history finds)")
+    q.add_argument("--code-dim", metavar="D", help="autoencoder code size (default 64)")
+    q.add_argument("--ae-minutes", metavar="M", help="autoencoder training bound (default 1)")
+    q.add_argument("--dec-minutes", metavar="M", help="DEC refinement bound (default 1)")
+    q.add_argument("--seed", metavar="S", help="random seed (default 0)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="topicstream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -932,12 +1208,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--peer-limit", type=int, default=3000,
                    help="documents given to the river peers, which are slow (default 3000)")
     q.add_argument("--no-peers", action="store_true", help="only topicstream's clusterers")
+    q.add_argument("--encoders", metavar="M,M",
+                   help="compare models instead: one row per ENCODER[+REDUCER] (e.g. "
+                        "'transformer,distilled:DIR,transformer+ae:DIR') and clusterer "
+                        "(default kmeans), with encoder and clusterer docs/s and state bytes "
+                        "per cluster; no peers")
     q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
-    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "encode_max_tokens",
-                               "encoder_precision", "batch_size", "threshold",
+    _add_config_flags(q, only=("encoder", "reducer", "device", "encode_batch_size",
+                               "encode_max_tokens", "encoder_precision", "batch_size", "threshold",
                                "merge_threshold", "max_clusters", "k", "half_life", "min_weight",
                                "maintain_every", "clusterer_params", "text_field", "label_field"))
     q.set_defaults(func=cmd_bench_quality)
+
+    q = bsub.add_parser("bootstrap", help="warm starts against a cold start: the online "
+                        "clusterer on the rest of a labelled stream after its first part")
+    q.add_argument("--dataset", required=True, metavar="PATH", help="labelled JSONL, in stream order")
+    q.add_argument("--history", metavar="SHARE",
+                   help="share of the file used as the history (default 0.3)")
+    _dec_flags(q)
+    q.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
+    _add_config_flags(q, only=("encoder", "device", "encode_batch_size", "encoder_precision",
+                               "batch_size", "threshold", "merge_threshold", "max_clusters",
+                               "half_life", "min_weight", "maintain_every", "clusterer",
+                               "clusterer_params", "text_field", "label_field"))
+    q.set_defaults(func=cmd_bench_bootstrap)
 
     q = bsub.add_parser("emerging", help="emerging-topic alerts on a labelled JSONL stream: "
                         "recall, precision and delay against the true topics")
@@ -981,6 +1276,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repeat", type=int, default=2, help="timed runs per side; the best counts")
     q.add_argument("--sample", type=int, default=2000,
                    help="texts on which sentence-transformers' settings are chosen (default 2000)")
+    q.add_argument("--encoders", metavar="M,M",
+                   help="instead, every model's docs/s on the same texts in micro-batches of "
+                        "--batch-size: ENCODER[+REDUCER] specs, e.g. "
+                        "'transformer,distilled:DIR,transformer+ae:DIR'")
     q.add_argument("--pipeline", type=int, default=0, metavar="N",
                    help="also run one worker over N of the texts through a private broker and "
                         "Redis, and compare its documents/s")
@@ -1044,17 +1343,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(q, only=(*store_flags, "state_key"))
     q.set_defaults(func=cmd_state_import)
 
-    p = sub.add_parser("train", help="distil the transformer into a fast CPU encoder "
-                       "(static or cnn) on a JSONL file's texts; use it as distilled:DIR")
-    p.add_argument("kind", metavar="KIND", help="static (mean of token embeddings) or cnn "
-                   "(convolution, max pooling, projection)")
+    boot_flags = ("encoder", "device", "encode_batch_size", "encoder_precision", "batch_size",
+                  "threshold", "merge_threshold", "max_clusters", "half_life", "min_weight",
+                  "maintain_every", "clusterer", "clusterer_params", "text_field", "id_field",
+                  "ts_field", "label_field", "max_chars", "keyword_capacity",
+                  "vocabulary_capacity", "n_keywords", "n_exemplars")
+
+    p = sub.add_parser("bootstrap", help="fit topics on a history file (autoencoder + DEC) "
+                       "and write them as the initial state of a model")
+    p.add_argument("--dataset", required=True, metavar="PATH",
+                   help="JSONL or CSV of past documents (labels never read)")
+    p.add_argument("--force", action="store_true", help="replace a model that already has state")
+    _dec_flags(p)
+    p.add_argument("--limit", metavar="N", help="only the first N documents")
+    _add_config_flags(p, only=(*store_flags, *boot_flags))
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("train", help="on a JSONL file's texts, distil the transformer into a "
+                       "fast CPU encoder (static, cnn, bilstm, attention; use it as --encoder "
+                       "distilled:DIR) or train a compressor of an encoder's vectors (ae, vae; "
+                       "use it as --reducer KIND:DIR)")
+    p.add_argument("kind", metavar="KIND", help="static (mean of token embeddings), cnn "
+                   "(convolution, max pooling, projection), bilstm (BiLSTM-max), attention "
+                   "(attention pooling), ae (autoencoder) or vae (variational autoencoder)")
     p.add_argument("--dataset", required=True, metavar="PATH", help="JSONL with a text field "
                    "(labels are not read)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    p.add_argument("--encoder", metavar="SPEC", help="ae, vae: the encoder whose vectors are "
+                   "compressed (default transformer)")
+    p.add_argument("--code-dim", metavar="D", help="ae, vae: the code's dimension (default 64)")
     p.add_argument("--minutes", metavar="M", help="time bound on training (default 5)")
-    p.add_argument("--epochs", metavar="E", help="passes over the texts at most (default 20)")
+    p.add_argument("--epochs", metavar="E", help="passes over the texts at most (default 20; "
+                   "ae, vae: 100)")
     p.add_argument("--seed", metavar="S", help="random seed (default 0)")
-    p.add_argument("--batch-size", metavar="B", help="texts per step (default 128)")
+    p.add_argument("--batch-size", metavar="B", help="texts per step (default 128; ae, vae: 256)")
     p.add_argument("--text-field", default="text", help="JSON field of the text (default text)")
     p.add_argument("--limit", metavar="N", help="only the first N texts")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -69,6 +69,9 @@ class Config:
     batch_size: int = 256
     max_wait_ms: int = 500
     encoder: str = "hybrid"
+    # KIND:PATH (KIND ae | vae): a compressor after the encoder, trained by 'topicstream
+    # train ae|vae' (encoders.reducer); "": none
+    reducer: str = ""
     device: str = "auto"
     encode_batch_size: int = 128  # most rows per forward pass of a transformer
     encode_max_tokens: int = 16384  # most padded tokens per forward pass
@@ -138,6 +141,9 @@ class Config:
             (self.encoder.split(":")[0] in ("hybrid", "hashing", "transformer", "distilled"),
              f"encoder={self.encoder!r} should be 'hybrid[:PATH]', 'transformer[:PATH]', "
              "'hashing[:DIM]' or 'distilled:PATH'"),
+            (not self.reducer or (self.reducer.partition(":")[0] in ("ae", "vae")
+                                  and bool(self.reducer.partition(":")[2])),
+             f"reducer={self.reducer!r} should be KIND:PATH with KIND 'ae' or 'vae', or empty"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device={self.device!r} should be 'auto', 'cpu' or 'cuda[:N]'"),
             (bool(self.model) and "{" not in self.model and "}" not in self.model,
