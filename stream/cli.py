@@ -972,7 +972,9 @@ def cmd_bench_bootstrap(args: argparse.Namespace) -> int:
                                     "history streamed online", time.perf_counter() - t0,
                                     f"history NMI {replay_q.nmi:.3f}"))
     print(f"DEC on {h} history documents, k={k} ...", file=sys.stderr)
+    t0 = time.perf_counter()
     dec = fit_history(XH, k, progress=not args.no_progress, **settings)
+    dec_seconds = time.perf_counter() - t0  # the autoencoder's training and DEC
     threshold = float(online.threshold)
     for start, labels, prune in (("AE + k-means (DEC's init)", dec.init_labels, True),
                                  ("DEC, every document kept", dec.labels, False),
@@ -981,13 +983,15 @@ def cmd_bench_bootstrap(args: argparse.Namespace) -> int:
         state, _ = clusters_from_labels(XH, kept, cfg.half_life)
         hq = quality(yH, labels.tolist())
         rows.append(bench.continue_from(
-            fresh(), state, XR, yR, bs, start, dec.seconds,
+            fresh(), state, XR, yR, bs, start, dec_seconds,
             f"history NMI {hq.nmi:.3f}; {int(np.sum(kept < 0))} documents below the "
             f"threshold left out; {dec.steps} DEC steps"))
     title = (f"bench bootstrap: {path.name}, history = first {h} documents ({share:.0%}), "
              f"scored on the other {n - h} ({len(set(yR))} topics); encoder {encoder.name}, "
              f"clusterer kmeans (threshold {getattr(fresh(), 'threshold', '-')}); DEC k={k}"
-             f"{' (given)' if args.k else ' (clusters of 5+ in an online pass of the history)'}")
+             f"{' (given)' if args.k else ' (clusters of 5+ in an online pass of the history)'}"
+             "; prep s: preparing the initial state (the autoencoder and DEC run once for "
+             "the last three rows)")
     bench.print_warm_table(rows, title, sys.stdout)
     if args.json:
         import dataclasses as dc
