@@ -72,13 +72,14 @@ from typing import Any
 
 import numpy as np
 
+from encoders.trained import CONFIG, WEIGHTS, load_weights, matched_threshold
+from encoders.trained import read_config as read_model_config
+
 log = logging.getLogger(__name__)
 
 FORMAT = "topicstream-distilled"
 VERSION = 1
 KINDS = ("static", "cnn", "bilstm", "attention")
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 #: hyperparameters of the students and their defaults (a config without one gets its default)
 DEFAULTS: dict[str, Any] = {"kernel_sizes": [3], "channels": 512, "hidden": 256,
@@ -259,8 +260,6 @@ class DistilledEncoder:
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 1024) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         from tokenizers import Tokenizer
 
         if device not in ("cpu", "auto"):
@@ -292,24 +291,9 @@ class DistilledEncoder:
         hyper = {key: cfg.get(key, default) for key, default in DEFAULTS.items()}
         hyper["kernel_sizes"] = tuple(hyper["kernel_sizes"])
         self.model = build_model(self.kind, int(cfg["vocab_size"]), self.dim, **hyper)
-        wfile = path / WEIGHTS
-        if not wfile.is_file():
-            raise FileNotFoundError(f"{wfile}: missing (train one with 'topicstream train')")
-        try:
-            state = load_file(str(wfile))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"{wfile}: not a readable safetensors file ({exc})") from exc
-        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != got:
-            diff = sorted(set(expected.items()) ^ set(got.items()))
-            used = "".join(f", {key}={cfg.get(key, DEFAULTS[key])!r}"
-                           for key in USES[self.kind])
-            raise ValueError(f"{wfile}: tensors do not match {CONFIG} (kind={self.kind!r}, "
-                             f"vocab_size={cfg['vocab_size']}, dim={self.dim}{used}): expected "
-                             f"{expected}, differences {diff}")
-        self.model.load_state_dict({k: v.float() for k, v in state.items()})
-        self.model.eval()
+        used = "".join(f", {key}={cfg.get(key, DEFAULTS[key])!r}" for key in USES[self.kind])
+        load_weights(self.model, path, f"kind={self.kind!r}, vocab_size={cfg['vocab_size']}, "
+                     f"dim={self.dim}{used}", "topicstream train")
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
@@ -325,25 +309,9 @@ class DistilledEncoder:
 def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` of a distilled encoder directory, checked (format, version, kind,
     shapes, the hyperparameters it has)."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such directory (a distilled encoder is a directory "
-                                "written by 'topicstream train')")
+    cfg = read_model_config(path, FORMAT, VERSION, KINDS, "a distilled encoder is a directory "
+                            "written by 'topicstream train'")
     cfg_file = path / CONFIG
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing (not a distilled encoder directory)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg_file}: not JSON ({exc})") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        got = cfg.get("format") if isinstance(cfg, dict) else cfg
-        raise ValueError(f"{cfg_file}: format={got!r}, expected {FORMAT!r}")
-    if cfg.get("version") != VERSION:
-        raise ValueError(f"{cfg_file}: version={cfg.get('version')!r}, this topicstream reads "
-                         f"version {VERSION}")
-    kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{cfg_file}: kind={kind!r} should be one of {', '.join(KINDS)}")
 
     def positive(value: Any) -> bool:  # bool is an int; true is no size
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -370,19 +338,6 @@ class TrainResult:
     teacher_seconds: float = 0.0
     default_threshold: float = 0.4
     model: Any = None  # the trained student network, in eval mode
-
-
-def _matched_threshold(teacher: np.ndarray, student: np.ndarray,
-                       teacher_threshold: float) -> float:
-    """The student's cosine at the quantile where the teacher's threshold sits (module doc),
-    over all pairs of the rows given (unit vectors, the same texts in the same order)."""
-    if len(teacher) < 2:
-        return teacher_threshold
-    iu = np.triu_indices(len(teacher), k=1)
-    t = (teacher @ teacher.T)[iu]
-    s = (student @ student.T)[iu]
-    q = float(np.mean(t < teacher_threshold))
-    return round(float(np.quantile(s, q)), 4)
 
 
 def train_distilled(kind: str, texts: Sequence[str], out_dir: str | Path, epochs: int = 20,
@@ -535,7 +490,7 @@ def train_distilled(kind: str, texts: Sequence[str], out_dir: str | Path, epochs
     sample = rng.choice(n, size=min(n, 2000), replace=False)
     student = _embed(model, kind, [ids[i] for i in sample], 1024)
     teacher_threshold = float(getattr(teacher, "default_threshold", 0.4))
-    result.default_threshold = _matched_threshold(target[sample], student, teacher_threshold)
+    result.default_threshold = matched_threshold(target[sample], student, teacher_threshold)
 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))

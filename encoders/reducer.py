@@ -51,7 +51,7 @@ Loss, for a batch of unit input rows ``x`` and their unit codes ``c``:
 
 Default threshold in code space: the base encoder's threshold (0.4 for the transformer)
 moved to the same quantile of the codes' pairwise cosines on (up to 2000 of) the training
-vectors, the rule of :mod:`encoders.distilled` (its ``_matched_threshold``, reused, not
+vectors, the rule of the students (:func:`encoders.trained.matched_threshold`, shared, not
 copied); the base merge threshold, when the encoder has one, the same way.
 
 A trained reducer is a directory: ``model.safetensors`` (weights, no pickle) and
@@ -75,15 +75,14 @@ from typing import Any
 import numpy as np
 
 from encoders import Encoder
-from encoders.distilled import _matched_threshold
+from encoders.trained import CONFIG, WEIGHTS, load_weights, matched_threshold
+from encoders.trained import read_config as read_model_config
 
 log = logging.getLogger(__name__)
 
 FORMAT = "topicstream-reducer"
 VERSION = 1
 KINDS = ("ae", "vae")
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 INIT_LOGVAR = -6.0  # the vae's initial log-variance (module docstring)
 
 
@@ -385,9 +384,9 @@ def train_reducer(kind: str, X: np.ndarray, out_dir: str | Path | None = None,
         final = {k: round(float(v), 6) for k, v in parts.items()}
     # the threshold rule (module docstring), on a sample of up to 2000 training vectors
     sample = np.random.default_rng(seed).choice(n, size=min(n, 2000), replace=False)
-    result.default_threshold = _matched_threshold(X[sample], codes[sample], base_threshold)
+    result.default_threshold = matched_threshold(X[sample], codes[sample], base_threshold)
     if base_merge_threshold is not None:
-        result.default_merge_threshold = _matched_threshold(X[sample], codes[sample],
+        result.default_merge_threshold = matched_threshold(X[sample], codes[sample],
                                                             base_merge_threshold)
     result.config = {
         "format": FORMAT, "version": VERSION, "kind": kind, "in_dim": int(in_dim),
@@ -433,25 +432,9 @@ def save_reducer(result: ReducerTrainResult, out_dir: str | Path) -> Path:
 
 def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` of a reducer directory, checked (format, version, kind, shapes)."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such directory (a reducer is a directory written "
-                                "by 'topicstream train ae|vae')")
+    cfg = read_model_config(path, FORMAT, VERSION, KINDS, "a reducer is a directory written "
+                            "by 'topicstream train ae|vae'")
     cfg_file = path / CONFIG
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing (not a reducer directory)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg_file}: not JSON ({exc})") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        got = cfg.get("format") if isinstance(cfg, dict) else cfg
-        raise ValueError(f"{cfg_file}: format={got!r}, expected {FORMAT!r}")
-    if cfg.get("version") != VERSION:
-        raise ValueError(f"{cfg_file}: version={cfg.get('version')!r}, this topicstream reads "
-                         f"version {VERSION}")
-    if cfg.get("kind") not in KINDS:
-        raise ValueError(f"{cfg_file}: kind={cfg.get('kind')!r} should be one of "
-                         f"{', '.join(KINDS)}")
     for key in ("in_dim", "code_dim", "hidden"):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -485,9 +468,6 @@ class Reducer:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         self.path = path = Path(path)
         self.config = cfg = read_config(path)
         self.kind: str = cfg["kind"]
@@ -500,23 +480,9 @@ class Reducer:
         self.encoder_spec = str(cfg.get("encoder") or "")
         self.encoder_name = str(cfg.get("encoder_name") or "")
         self.model = build_reducer(self.kind, self.in_dim, self.code_dim, self.hidden)
-        wfile = path / WEIGHTS
-        if not wfile.is_file():
-            raise FileNotFoundError(f"{wfile}: missing (train one with 'topicstream train "
-                                    f"{self.kind}')")
-        try:
-            state = load_file(str(wfile))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"{wfile}: not a readable safetensors file ({exc})") from exc
-        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != got:
-            diff = sorted(set(expected.items()) ^ set(got.items()))
-            raise ValueError(f"{wfile}: tensors do not match {CONFIG} (kind={self.kind!r}, "
-                             f"in_dim={self.in_dim}, code_dim={self.code_dim}, "
-                             f"hidden={self.hidden}): differences {diff}")
-        self.model.load_state_dict({k: v.float() for k, v in state.items()})
-        self.model.eval()
+        load_weights(self.model, path, f"kind={self.kind!r}, in_dim={self.in_dim}, "
+                     f"code_dim={self.code_dim}, hidden={self.hidden}",
+                     f"topicstream train {self.kind}")
 
     def reduce(self, X: np.ndarray) -> np.ndarray:
         """``(n, code_dim)`` float32 unit codes of ``(n, in_dim)`` vectors, in one pass."""

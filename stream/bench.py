@@ -225,12 +225,6 @@ class ModelRow:
     note: str = ""
 
 
-def split_model(spec: str) -> tuple[str, str]:
-    """``ENCODER[+REDUCER]`` (``transformer+ae:/models/ae64``) as ``(encoder, reducer)``."""
-    encoder, _, reducer = spec.partition("+")
-    return encoder.strip(), reducer.strip()
-
-
 def state_bytes_per_cluster(clusterer: Clusterer) -> float:
     """Bytes of clusterer state per public cluster, as the Redis store lays them out: one
     record (:func:`~stream.state.redis_store.record_dtype`) per row of the state (a centroid

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from stream.batcher import InputRules, decode_batch
-from stream.clustering.base import Clusterer, ClusterState, decay_factor
+from stream.clustering.base import Clusterer, ClusterState, decay_factor, sum_rows_by
 from stream.clustering.dec import DecResult, fit_dec
 from stream.contracts import Document
 from stream.source import FileSource
@@ -131,14 +131,13 @@ def clusters_from_labels(X: np.ndarray, labels: np.ndarray, half_life: float | N
     rows[kept] = remap[labels[kept]]
     k = len(uniq)
     w = decay_factor(n - np.arange(1, n + 1, dtype=np.float64), half_life)[kept]
-    sums = np.zeros((k, X.shape[1]), np.float64)
-    np.add.at(sums, rows[kept], X[kept].astype(np.float64) * w[:, None])
+    # every row 0..k-1 has a member, so sum_rows_by's unique labels are exactly 0..k-1
+    _, sums, counts = sum_rows_by(rows[kept], X[kept] * w[:, None].astype(np.float32))
     weights = np.bincount(rows[kept], weights=w, minlength=k)
-    counts = np.bincount(rows[kept], minlength=k).astype(np.int64)
     ids = np.arange(k, dtype=np.int64)
     state = ClusterState(
-        dim=int(X.shape[1]), ids=ids, sums=sums.astype(np.float32), weights=weights,
-        counts=counts, last_t=np.full(k, float(n)),
+        dim=int(X.shape[1]), ids=ids, sums=sums, weights=weights,
+        counts=counts.astype(np.int64), last_t=np.full(k, float(n)),
         created_t=(first[order] + 1).astype(np.float64), labels=ids.copy(), n_docs=n,
         next_id=k)
     return state, rows
@@ -151,11 +150,9 @@ def prune_members(X: np.ndarray, labels: np.ndarray, threshold: float) -> np.nda
     document drags the centroids toward such outliers. Centroids are computed once, from
     all members."""
     labels = np.asarray(labels, np.int64)
-    k = int(labels.max()) + 1 if len(labels) else 0
-    sums = np.zeros((k, X.shape[1]), np.float64)
-    np.add.at(sums, labels, X.astype(np.float64))
+    uniq, sums, _ = sum_rows_by(labels, X)
     cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    sims = np.einsum("ij,ij->i", X.astype(np.float64), cent[labels])
+    sims = np.einsum("ij,ij->i", X, cent[np.searchsorted(uniq, labels)])
     return np.where(sims >= threshold, labels, -1)
 
 

@@ -379,6 +379,20 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_configs(cfg: Config, value: str) -> list[tuple[str, Config]]:
+    """``--encoders A,B+R,...``: each ``ENCODER[+REDUCER]`` spec (``transformer+ae:DIR``)
+    with ``cfg`` changed to use it, validated."""
+    out = []
+    for spec in (s.strip() for s in value.split(",")):
+        if spec:
+            encoder, _, reducer = spec.partition("+")
+            out.append((spec, dataclasses.replace(cfg, encoder=encoder.strip(),
+                                                  reducer=reducer.strip()).validate()))
+    if not out:
+        raise CliError(f"--encoders={value!r} names no encoder")
+    return out
+
+
 def _bench_models(args: argparse.Namespace, cfg: Config, data: Any, path: Path) -> int:
     """``bench quality --encoders A,B+R,...``: one row per model and clusterer, each model
     encoding the whole stream itself (timed), the clusterer's threshold the model's own."""
@@ -387,18 +401,10 @@ def _bench_models(args: argparse.Namespace, cfg: Config, data: Any, path: Path) 
     from stream import bench
     from stream.app import build_clusterer, build_encoder
 
-    specs = [s.strip() for s in args.encoders.split(",") if s.strip()]
     names = [c.strip() for c in (args.clusterers or "kmeans").split(",") if c.strip()]
-    if not specs:
-        raise CliError(f"--encoders={args.encoders!r} names no encoder")
     n = len(data.texts)
     rows: list[bench.ModelRow] = []
-    for spec in specs:
-        enc_spec, red_spec = bench.split_model(spec)
-        changes: dict[str, Any] = {"encoder": enc_spec}
-        if red_spec:
-            changes["reducer"] = red_spec
-        mcfg = dc.replace(cfg, **changes).validate()
+    for spec, mcfg in _model_configs(cfg, args.encoders):
         encoder = build_encoder(mcfg)
         print(f"encoding {n} documents of {path.name} with {encoder.name} ...", file=sys.stderr)
         X, enc_seconds = bench.encode_stream(encoder.encode, data.texts, cfg.batch_size)
@@ -524,21 +530,10 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
 def _bench_model_speeds(args: argparse.Namespace, cfg: Config, texts: list[str]) -> int:
     import dataclasses as dc
 
-    from stream import bench
     from stream.app import build_encoder
     from stream.bench_encoder import print_model_speeds, run_model_speeds
 
-    models = []
-    for spec in (s.strip() for s in args.encoders.split(",")):
-        if not spec:
-            continue
-        enc_spec, red_spec = bench.split_model(spec)
-        changes: dict[str, Any] = {"encoder": enc_spec}
-        if red_spec:
-            changes["reducer"] = red_spec
-        models.append((spec, build_encoder(dc.replace(cfg, **changes).validate())))
-    if not models:
-        raise CliError(f"--encoders={args.encoders!r} names no encoder")
+    models = [(spec, build_encoder(mcfg)) for spec, mcfg in _model_configs(cfg, args.encoders)]
     rows = run_model_speeds(models, texts, cfg.batch_size, args.repeat)
     print_model_speeds(rows, sys.stdout)
     if args.json:
@@ -896,6 +891,7 @@ def _bootstrap_into(args: argparse.Namespace, cfg: Config, store: StateStore, wh
     from stream import bench
     from stream.app import build_clusterer, build_encoder
     from stream.bootstrap import bootstrap, online_k
+    from stream.clustering import OnlineKMeans
     from stream.state import StoreNotEmpty
     from stream.state.export import StateExport, import_store
 
@@ -903,13 +899,14 @@ def _bootstrap_into(args: argparse.Namespace, cfg: Config, store: StateStore, wh
     print(f"encoding {len(history.docs)} documents of {path.name} with {encoder.name} ...",
           file=sys.stderr)
     X, _ = bench.encode_stream(encoder.encode, [d.text for d in history.docs], cfg.batch_size)
+    online = build_clusterer(cfg, encoder)
+    assert isinstance(online, OnlineKMeans)  # _kmeans_only
     k_rule = "given"
     if not k:
-        k = online_k(build_clusterer(cfg, encoder), X, cfg.batch_size)
+        k = online_k(online, X, cfg.batch_size)
         k_rule = "clusters of 5+ documents in an online pass"
     k = min(k, len(X))
-    threshold = float(getattr(build_clusterer(cfg, encoder), "threshold", 0.4))
-    boot = bootstrap(history.docs, X, k, half_life=cfg.half_life, threshold=threshold,
+    boot = bootstrap(history.docs, X, k, half_life=cfg.half_life, threshold=online.threshold,
                      params=cfg.topic_params(), progress=not args.no_progress, **settings)
     try:
         import_store(store, StateExport(boot.state, boot.topics), offsets=False,
@@ -988,7 +985,7 @@ def cmd_bench_bootstrap(args: argparse.Namespace) -> int:
             f"threshold left out; {dec.steps} DEC steps"))
     title = (f"bench bootstrap: {path.name}, history = first {h} documents ({share:.0%}), "
              f"scored on the other {n - h} ({len(set(yR))} topics); encoder {encoder.name}, "
-             f"clusterer kmeans (threshold {getattr(fresh(), 'threshold', '-')}); DEC k={k}"
+             f"clusterer kmeans (threshold {threshold}); DEC k={k}"
              f"{' (given)' if args.k else ' (clusters of 5+ in an online pass of the history)'}"
              "; prep s: preparing the initial state (the autoencoder and DEC run once for "
              "the last three rows)")
