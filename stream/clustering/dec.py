@@ -23,7 +23,8 @@ The algorithm, on ``X`` (n, d), the embeddings the online clusterer sees:
    at ``max_iter`` steps or ``minutes``.
 
 Warning: DEC needs ``k``, and with many clusters its self-training can empty some of them
-(measured on news-t: 68 clusters became 41 within a minute; see the README). :mod:`stream.bootstrap` takes it from a label-free rule (the
+(measured on news-t: 68 clusters became 40 or 41 within a minute; see the README).
+:mod:`stream.bootstrap` takes ``k`` from a label-free rule (the
 clusters of 5 or more documents that the online clusterer itself finds on the history),
 never from labels.
 """
