@@ -510,31 +510,6 @@ class DenStream(Clusterer):
                 counts[n_groups] = 1
                 n_groups += 1
         return group
-        gram = Xn @ Xn.T
-        diag = gram.diagonal().astype(np.float64).tolist()
-        dots = np.zeros((m, max(size, 1)), np.float32)
-        norms = np.ones(max(size, 1), np.float32)  # norm of each group's sum
-        norm = [0.0] * max(size, 1)  # the same as Python floats
-        counts = [0] * max(size, 1)  # documents of each group (no decay within a batch)
-        n_groups = 0
-        for i in range(m):  # loops over novel documents only; vector work is one row op
-            if n_groups:
-                row = dots[i, :n_groups]
-                j = int((row / norms[:n_groups]).argmax())
-                grown = math.sqrt(max(norm[j] * norm[j] + 2.0 * float(row[j]) + diag[i], 1e-24))
-                if 1.0 - grown / (counts[j] + 1.0) <= self.eps:  # the radius test of _fits
-                    group[i] = j
-                    norm[j] = norms[j] = grown
-                    counts[j] += 1
-                    dots[:, j] += gram[i]
-                    continue
-            if n_groups < size:
-                group[i] = n_groups
-                dots[:, n_groups] = gram[i]
-                norm[n_groups] = norms[n_groups] = math.sqrt(max(diag[i], 1e-24))
-                counts[n_groups] = 1
-                n_groups += 1
-        return group
 
     @staticmethod
     def _nearest(S: np.ndarray, best: np.ndarray, kind: np.ndarray, docs: np.ndarray
