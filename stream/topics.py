@@ -233,13 +233,21 @@ def _decayed(terms: dict[str, float], f: float) -> dict[str, float]:
 
 
 def add_terms(terms: dict[str, float], extra: Mapping[str, float], capacity: int) -> dict[str, float]:
-    """``terms + extra``, then only the ``capacity`` heaviest (ties: the smaller term)."""
+    """``terms + extra``, then only the ``capacity`` heaviest (ties: the smaller term).
+
+    The weights alone are sorted (a C sort of floats, not of (weight, term) pairs through a
+    key function): the ``d``-th smallest of them, ``d`` being the number to drop, is the
+    cut; every lighter term goes, and of the terms at the cut, the largest go."""
     out = dict(terms)
     for k, v in extra.items():
         out[k] = out.get(k, 0.0) + v
-    if len(out) > capacity:
-        keep = sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:capacity]
-        out = dict(keep)
+    drop = len(out) - capacity
+    if drop > 0:
+        cut = sorted(out.values())[drop - 1]
+        below = [k for k, v in out.items() if v < cut]
+        tied = sorted(k for k, v in out.items() if v == cut)
+        for k in below + tied[len(tied) - (drop - len(below)):]:
+            del out[k]
     return out
 
 

@@ -20,6 +20,7 @@ from stream.topics import (
     TopicParams,
     TopicState,
     TopicTracker,
+    add_terms,
     apply_topic_delta,
     ctfidf_keywords,
     roll,
@@ -220,3 +221,18 @@ def test_drift_windows() -> None:
     assert second.drifted and second.similarity_mean == pytest.approx(0.7)
     assert second.outlier_ratio == pytest.approx(0.1) and second.new_cluster_ratio == 0.04
     assert first.nmi == pytest.approx(1.0)
+
+
+def test_add_terms_keeps_the_heaviest_with_ties_to_the_smaller_term() -> None:
+    """The cut by sorted weights keeps what a full sort by (-weight, term) keeps, ties at the
+    cut included (the Lua commit does the same; test_redis_commit_is_apply_topic_delta)."""
+    rng = random.Random(3)
+    for _ in range(300):
+        terms = {f"t{rng.randrange(40)}": float(rng.randrange(1, 5)) for _ in range(rng.randrange(30))}
+        extra = {f"t{rng.randrange(40)}": float(rng.randrange(1, 4)) for _ in range(rng.randrange(10))}
+        cap = rng.randrange(1, 25)
+        merged = dict(terms)
+        for k, v in extra.items():
+            merged[k] = merged.get(k, 0.0) + v
+        want = dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:cap])
+        assert add_terms(terms, extra, cap) == want

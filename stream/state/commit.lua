@@ -112,19 +112,30 @@ if topics_json and topics_json ~= '' then
     return out
   end
 
-  -- (terms decayed by f) + extra, then the `limit` heaviest (ties: the smaller term)
+  -- (terms decayed by f) + extra, then the `limit` heaviest (ties: the smaller term); as
+  -- stream.topics.add_terms, the weights alone are sorted: the drop-th smallest is the cut
   local function add_terms(terms, f, extra, limit)
     local out = scaled(terms, f)
     for key, v in pairs(extra) do out[key] = (out[key] or 0) + v end
-    local list = {}
-    for key, v in pairs(out) do list[#list + 1] = {key, v} end
-    if #list <= limit then return out end
-    table.sort(list, function(a, b)
-      if a[2] ~= b[2] then return a[2] > b[2] end
-      return a[1] < b[1]
-    end)
-    out = {}
-    for q = 1, limit do out[list[q][1]] = list[q][2] end
+    local vals, n = {}, 0
+    for _, v in pairs(out) do
+      n = n + 1
+      vals[n] = v
+    end
+    local drop = n - limit
+    if drop <= 0 then return out end
+    table.sort(vals)
+    local cut, below, tied = vals[drop], 0, {}
+    for key, v in pairs(out) do
+      if v < cut then
+        out[key] = nil  -- clearing a field during the traversal is allowed
+        below = below + 1
+      elseif v == cut then
+        tied[#tied + 1] = key
+      end
+    end
+    table.sort(tied)
+    for q = #tied - (drop - below) + 1, #tied do out[tied[q]] = nil end
     return out
   end
 
