@@ -243,10 +243,13 @@ class TransformerEncoder:
         self.attention_flops = 0  # 4 * layers * dim * sum(width**2) over forward passes
         self.default_threshold = 0.4  # cosine to join a cluster, for sentence-transformer models
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
-        # fixed cost of a forward pass in padded-token equivalents, for plan_batches: on the
-        # development CPU a pass costs about 7 ms beyond its ~0.1 ms per token; on CUDA the
-        # launches weigh more against the tokens (a setting, not a measurement)
-        self.pass_cost = 1024 if self._cuda else 64
+        # fixed cost of a forward pass in padded-token equivalents, for plan_batches. On the
+        # development CPU, news titles in the worker's calls of 256 (2026-12-02, best of 3):
+        # 64 gave 871-898 docs/s (7% padding), 128 893, 192 1,068, 256 1,048-1,154 (15%
+        # padding), 512 1,076, 1,024 1,034; with one thread 658 at 64, 874 at 256. A pass of
+        # few rows uses the cores poorly, so more padding in fewer passes wins. On CUDA the
+        # launches weigh more against the tokens (a setting, not a measurement).
+        self.pass_cost = 1024 if self._cuda else 256
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
