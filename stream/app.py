@@ -93,6 +93,41 @@ def build_encoder(cfg: Config) -> Encoder:
         raise ConfigError(f"reducer {cfg.reducer!r}: {exc}") from exc
 
 
+def encoder_in_child(cfg: Config) -> Encoder:
+    """:func:`build_encoder` as run in the encoder's child process (see
+    :mod:`encoders.process`)."""
+    return build_encoder(cfg)
+
+
+def build_worker_encoder(cfg: Config) -> Encoder:
+    """The worker's encoder. A torch encoder runs in child processes (``encoder_processes``,
+    :mod:`encoders.process`), where it never waits for the GIL that polling, clustering and
+    committing hold: by default one single-threaded process per core on a CPU, one process
+    on CUDA. The hashing encoder, cheap numpy work, stays in the worker."""
+    n = cfg.encoder_processes
+    if n == 0 or cfg.encoder.partition(":")[0] == "hashing":
+        return build_encoder(cfg)
+    from encoders.process import EncoderProcessError, ProcessEncoder, cpu_plan
+
+    cores, threads = cpu_plan()
+    try:
+        if n > 0:
+            return ProcessEncoder(encoder_in_child, cfg, processes=n, split=False,
+                                  threads=None if cfg.device.startswith("cuda") else max(1, cores // n))
+        if cfg.device.startswith("cuda"):
+            return ProcessEncoder(encoder_in_child, cfg)
+        # auto on a CPU (or device auto): start one, and the rest once it says it is on a
+        # CPU; each takes a whole batch (the worker keeps one batch in flight per process)
+        enc = ProcessEncoder(encoder_in_child, cfg, threads=threads, split=False)
+        if enc.device == "cpu" and cores > 1:
+            enc.add_processes(cores - 1)
+        return enc
+    except EncoderProcessError as exc:
+        if exc.kind == "ConfigError":
+            raise ConfigError(str(exc)) from exc
+        raise Unreachable(str(exc)) from exc
+
+
 def build_store(cfg: Config) -> StateStore:
     if not cfg.redis_url:
         from stream.state.memory import MemoryStore
@@ -178,9 +213,12 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                           "lives in one process and cannot be shared through Redis; run it without "
                           "redis_url (its signed model is saved beside state_file)")
     store = build_store(cfg)
-    encoder = encoder or build_encoder(cfg)
-    clusterer = build_clusterer(cfg, encoder)
     extra_closers: list[Any] = []
+    if encoder is None:
+        encoder = build_worker_encoder(cfg)
+        if hasattr(encoder, "close"):
+            extra_closers.append(encoder)
+    clusterer = build_clusterer(cfg, encoder)
     if cfg.clusterer.startswith("river:") and cfg.state_file:
         extra_closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))
     common: dict[str, Any] = dict(

@@ -56,7 +56,9 @@ class EncoderRow:
     ratio: float
     cosine_min: float
     pipeline_docs_per_s: float | None = None
-    pipeline_ratio: float | None = None
+    pipeline_ratio: float | None = None  # end to end over the raw encoder above
+    worker_encoder_docs_per_s: float | None = None  # the worker's encoder set-up, alone
+    worker_encoder_ratio: float | None = None  # end to end over the worker's encoder alone
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +143,7 @@ def _choose_baseline(texts: Sequence[str], device: str, batch_sizes: Sequence[in
 def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str = "auto",
                       batch_size: int = 128, max_tokens: int = 16384, repeat: int = 2,
                       sample: int = 2000, batch_sizes: Sequence[int] | None = None,
-                      pipeline: Callable[[], float] | None = None) -> EncoderRow:
+                      pipeline: Callable[[], tuple[float, float]] | None = None) -> EncoderRow:
     """Time our encoder and sentence-transformers on ``texts`` (see the module docstring).
 
     The two sides take turns, ``repeat`` rounds of one run each, and each side's best run
@@ -179,7 +181,7 @@ def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str
         peak = next((p for key, p in PEAK_TFLOPS if key in name), None)
     docs_per_s = len(texts) / seconds
     base_dps = len(texts) / base_seconds
-    pipe = pipeline() if pipeline is not None else None
+    pipe, alone = pipeline() if pipeline is not None else (None, None)
     return EncoderRow(
         device=dev, device_name=name, precision=enc.precision,
         documents=len(texts), mean_tokens=real / len(texts), docs_per_s=docs_per_s,
@@ -187,7 +189,9 @@ def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str
         tflops=tflops, peak_tflops=peak, baseline_docs_per_s=base_dps, baseline=base_name,
         ratio=docs_per_s / base_dps,
         cosine_min=float((ours_sample * reference).sum(1).min()),
-        pipeline_docs_per_s=pipe, pipeline_ratio=None if pipe is None else pipe / docs_per_s)
+        pipeline_docs_per_s=pipe, pipeline_ratio=None if pipe is None else pipe / docs_per_s,
+        worker_encoder_docs_per_s=alone,
+        worker_encoder_ratio=None if pipe is None or not alone else pipe / alone)
 
 
 def print_encoder_row(r: EncoderRow, out: Any) -> None:
@@ -206,6 +210,31 @@ def print_encoder_row(r: EncoderRow, out: Any) -> None:
     if r.pipeline_docs_per_s is not None and r.pipeline_ratio is not None:
         print(f"  one worker, end to end {r.pipeline_docs_per_s:>8,.0f} docs/s  "
               f"({r.pipeline_ratio:.0%} of the raw encoder)", file=out)
+    if r.worker_encoder_docs_per_s is not None and r.worker_encoder_ratio is not None:
+        print(f"  the worker's encoder alone {r.worker_encoder_docs_per_s:>4,.0f} docs/s  (its "
+              f"processes, micro-batches in flight, nothing else running; end to end is "
+              f"{r.worker_encoder_ratio:.0%} of it)", file=out)
+
+
+def docs_per_s_in_flight(encoder: Any, texts: Sequence[str], batch_size: int,
+                         repeat: int = 1) -> float:
+    """Documents/s of ``encoder`` on ``texts`` in micro-batches of ``batch_size``, as the
+    worker calls it: ``encoder.concurrent_calls`` batches in flight (1 for most encoders);
+    the best of ``repeat`` rounds after a warm-up round (a CPU's bf16 kernels are built for
+    each new pass shape the first time it comes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = max(1, int(getattr(encoder, "concurrent_calls", 1)))
+    batches = [list(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    best = 0.0
+    with ThreadPoolExecutor(calls) as pool:
+        for k in range(repeat + 1):
+            t0 = time.perf_counter()
+            for _ in pool.map(encoder.encode, batches):
+                pass
+            if k:
+                best = max(best, len(texts) / (time.perf_counter() - t0))
+    return best
 
 
 # -- bench encoder --encoders: every model's speed on the same texts ---------------------------

@@ -453,7 +453,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     docs = [{"id": f"doc-{i}", "text": texts[i % len(texts)]} for i in range(args.docs)]
     settings = {"encoder": cfg.encoder, "device": cfg.device, "batch_size": cfg.batch_size,
                 "encoder_precision": cfg.encoder_precision, "encode_ahead": cfg.encode_ahead,
-                "clusterer": cfg.clusterer, "clusterer_params": cfg.clusterer_params,
+                "encoder_processes": cfg.encoder_processes, "clusterer": cfg.clusterer, "clusterer_params": cfg.clusterer_params,
                 "max_clusters": cfg.max_clusters, "session_timeout_ms": cfg.session_timeout_ms}
     rows = run_scale(docs, counts, args.partitions, settings, args.timeout, args.keep_logs)
     print(f"bench scale: {args.docs} documents on {args.partitions} partitions, encoder "
@@ -499,14 +499,27 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
     if args.pipeline:
         from stream.bench_scale import run_scale
 
-        def pipeline() -> float:
+        def pipeline() -> tuple[float, float]:
+            from stream.app import build_worker_encoder
+            from stream.bench_encoder import docs_per_s_in_flight
+
             docs = [{"id": f"doc-{i}", "text": texts[i % len(texts)]} for i in range(args.pipeline)]
             settings = {"encoder": "transformer", "device": cfg.device,
                         "encoder_precision": cfg.encoder_precision,
                         "encode_batch_size": cfg.encode_batch_size,
                         "encode_max_tokens": cfg.encode_max_tokens, "batch_size": cfg.batch_size,
-                        "session_timeout_ms": 6000}
-            return run_scale(docs, [1], 1, settings)[0].docs_per_s
+                        "encoder_processes": cfg.encoder_processes, "session_timeout_ms": 6000}
+            end_to_end = run_scale(docs, [1], 1, settings)[0].docs_per_s
+            # the same encoder as the worker builds it, on the same texts, nothing else running
+            enc = build_worker_encoder(dataclasses.replace(cfg, encoder="transformer"))
+            try:
+                alone = docs_per_s_in_flight(enc, [d["text"] for d in docs], cfg.batch_size,
+                                             repeat=args.repeat)
+            finally:
+                close = getattr(enc, "close", None)
+                if close is not None:
+                    close()
+            return end_to_end, alone
     try:
         if args.tokens:
             from encoders.transformer import TransformerEncoder
@@ -1263,7 +1276,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     q.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
     _add_config_flags(q, only=("encoder", "device", "encoder_precision", "encode_ahead",
-                               "batch_size", "clusterer", "clusterer_params", "max_clusters",
+                               "encoder_processes", "batch_size", "clusterer", "clusterer_params", "max_clusters",
                                "session_timeout_ms"))
     q.set_defaults(func=cmd_bench_scale)
 

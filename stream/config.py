@@ -78,6 +78,9 @@ class Config:
     encoder_precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA); auto: fp16 on CUDA, bf16 on a CPU that has it
     encoder_compile: bool = False  # torch.compile the transformer (CUDA)
     encode_ahead: bool = True  # encode the next batch while this one is clustered and committed
+    # worker's torch encoder in child processes (own GIL): -1 auto (one 1-thread process per
+    # CPU core, or one process on CUDA), 0 in the worker itself, N: N processes
+    encoder_processes: int = -1
     clusterer: str = "kmeans"  # kmeans | denstream | river:NAME (e.g. river:DBSTREAM)
     clusterer_params: str = ""  # NAME=VALUE,... passed to the clusterer's constructor
     threshold: float | None = None  # None: the encoder's default_threshold
@@ -116,6 +119,8 @@ class Config:
             (self.max_wait_ms >= 0, f"max_wait_ms={self.max_wait_ms} should be >= 0"),
             (self.encode_batch_size >= 1, f"encode_batch_size={self.encode_batch_size} should be >= 1"),
             (self.encode_max_tokens >= 1, f"encode_max_tokens={self.encode_max_tokens} should be >= 1"),
+            (self.encoder_processes >= -1,
+             f"encoder_processes={self.encoder_processes} should be >= -1 (-1: auto, 0: none)"),
             (self.encoder_precision in ("auto", "fp32", "bf16", "fp16"),
              f"encoder_precision={self.encoder_precision!r} should be 'auto', 'fp32', 'bf16' or 'fp16'"),
             (self.threshold is None or -1.0 <= self.threshold <= 1.0,

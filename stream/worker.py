@@ -22,11 +22,14 @@ Commit order, for every micro-batch
 Encoding ahead (``encode_ahead``, on by default): while the worker runs steps 3 (cluster
 onwards) to 6 of batch n, batch n+1 has already been polled and decoded and is being encoded
 on a background thread, so the encoder, usually the slowest stage, never waits for the
-broker or the store. Only the pure encoding runs early: clustering, publishing and
-committing stay strictly in batch order, on the worker's thread. When batch n is dropped (a
-refused commit, an unavailable store or broker), batch n+1 is dropped with it, since the
-partitions were sought back to the stored offsets; it is read again. The price is latency at
-low rates: a batch waits for the next poll (at most ``max_wait_ms``) before it is committed.
+broker or the store. An encoder that serves several calls side by side (``concurrent_calls``:
+the encoder processes of :mod:`encoders.process`, one per CPU core, each taking a whole
+batch) gets that many batches in flight: n+1 ... n+k are encoding while n is processed. Only
+the pure encoding runs early: clustering, publishing and committing stay strictly in batch
+order, on the worker's thread. When batch n is dropped (a refused commit, an unavailable
+store or broker), the batches polled after it are dropped with it, since the partitions were
+sought back to the stored offsets; they are read again. The price is latency at low rates: a
+batch waits for the next polls (at most ``max_wait_ms`` each) before it is committed.
 
 What follows from it:
 
@@ -50,6 +53,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -160,7 +164,10 @@ class Worker:
         self.lease.on_change = lambda held: self.metrics.lease_held.set(int(held))
         self.clusterer.set_maintenance_gate(self.lease)
         self.encode_ahead = encode_ahead
-        self._encoding = ThreadPoolExecutor(1, thread_name_prefix="encode")
+        # batches polled before the oldest is processed: one per encode call the encoder
+        # serves side by side (several for encoder processes that each take a whole batch)
+        self.ahead = max(1, int(getattr(encoder, "concurrent_calls", 1))) if encode_ahead else 0
+        self._encoding = ThreadPoolExecutor(max(1, self.ahead), thread_name_prefix="encode")
 
     # -- hooks for the Kafka source ------------------------------------------------------
     def on_assign(self, stored: dict[TopicPartition, int | None]) -> None:
@@ -449,21 +456,18 @@ class Worker:
         last_data = time.monotonic()
         last_log, logged_docs = time.monotonic(), 0
         exhausted = getattr(self.source, "exhausted", None)
-        ahead: Prepared | None = None  # polled, encoding, not yet processed
+        in_flight: deque[Prepared] = deque()  # polled, encoding, not yet processed
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
             tp0 = time.perf_counter()
             records = self.batcher.next_batch()
             self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - tp0)
             now = time.monotonic()
-            polled = self.prepare(records) if records else None
-            if not self.encode_ahead and polled is not None:
-                ahead, polled = polled, None
-            if ahead is not None and not self.process(ahead) and polled is not None:
-                log.info("dropping the %d records polled after it (%s): they are read again",
-                         len(polled.records), _span(polled.records))
-                polled = None
-            ahead = polled
+            if records:
+                in_flight.append(self.prepare(records))
+            # the oldest batch goes on once `ahead` newer ones are encoding; all when idle
+            while len(in_flight) > (self.ahead if records else 0):
+                self._process_oldest(in_flight)
             if records:
                 last_data = now
             elif exhausted is not None and self.source.exhausted:  # type: ignore[attr-defined]
@@ -481,11 +485,24 @@ class Worker:
             if now - last_log >= self.log_interval_s:
                 self._log_progress(now - last_log, self.stats.docs - logged_docs)
                 last_log, logged_docs = now, self.stats.docs
-        if ahead is not None:  # stopped: finish the batch in hand
-            self.process(ahead)
+        while in_flight:  # stopped: finish the batches in hand
+            self._process_oldest(in_flight)
         self._encoding.shutdown(wait=True)
         self.lease.release()
         return self.stats
+
+    def _process_oldest(self, in_flight: deque[Prepared]) -> None:
+        """Process the oldest batch in flight; when it is dropped, so are the batches polled
+        after it (the partitions were sought back to the stored offsets: they are read again)."""
+        if self.process(in_flight.popleft()) or not in_flight:
+            return
+        dropped = [r for p in in_flight for r in p.records]
+        log.info("dropping the %d records polled after it (%s): they are read again",
+                 len(dropped), _span(dropped))
+        for p in in_flight:
+            if p.encoded is not None:
+                p.encoded.cancel()
+        in_flight.clear()
 
     def _log_progress(self, seconds: float, docs: int) -> None:
         lag_total = 0
