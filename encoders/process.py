@@ -31,6 +31,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -263,12 +264,44 @@ class ProcessEncoder:
             child.close()
 
 
+#: the most encoder processes ``cpu_plan`` starts by itself (each holds a copy of the model)
+MAX_AUTO_PROCESSES = 8
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core node still sees 64 in ``os.cpu_count()``);
+    a fractional quota rounds down, to at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    quota = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            limit = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+            if int(limit) > 0:
+                quota = int(limit) / int(period)
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, int(quota))
+    return max(1, n)
+
+
 def cpu_plan(cores: int | None = None) -> tuple[int, int]:
     """``(processes, threads)`` for a torch encoder on a CPU: one single-threaded process per
-    core. Measured on the 2-core development machine (2026-12-02), news titles in batches
-    of 256: two processes of one thread 810-1,099 documents/s, one process of two threads
-    692-831; beside a Python thread busy 40% of the time, 986-989 against 747-806 (a
-    thread's stall holds up the other at every barrier of a multi-threaded kernel, while
-    two processes stall alone)."""
-    n = max(1, cores if cores is not None else (os.cpu_count() or 1))
-    return n, 1
+    core (:func:`available_cpus` by default), at most :data:`MAX_AUTO_PROCESSES`, the cores
+    shared out as threads beyond that. Measured on the 2-core development machine
+    (2026-12-02), news titles in batches of 256: two processes of one thread 810-1,099
+    documents/s, one process of two threads 692-831; beside a Python thread busy 40% of the
+    time, 986-989 against 747-806 (a thread's stall holds up the other at every barrier of a
+    multi-threaded kernel, while two processes stall alone)."""
+    n = max(1, cores if cores is not None else available_cpus())
+    processes = min(n, MAX_AUTO_PROCESSES)
+    return processes, max(1, n // processes)

@@ -107,20 +107,21 @@ def build_worker_encoder(cfg: Config) -> Encoder:
     n = cfg.encoder_processes
     if n == 0 or cfg.encoder.partition(":")[0] == "hashing":
         return build_encoder(cfg)
-    from encoders.process import EncoderProcessError, ProcessEncoder, cpu_plan
+    from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
 
-    cores, threads = cpu_plan()
+    processes, threads = cpu_plan()
     try:
         if n > 0:
             return ProcessEncoder(encoder_in_child, cfg, processes=n, split=False,
-                                  threads=None if cfg.device.startswith("cuda") else max(1, cores // n))
+                                  threads=None if cfg.device.startswith("cuda")
+                                  else max(1, available_cpus() // n))
         if cfg.device.startswith("cuda"):
             return ProcessEncoder(encoder_in_child, cfg)
         # auto on a CPU (or device auto): start one, and the rest once it says it is on a
         # CPU; each takes a whole batch (the worker keeps one batch in flight per process)
         enc = ProcessEncoder(encoder_in_child, cfg, threads=threads, split=False)
-        if enc.device == "cpu" and cores > 1:
-            enc.add_processes(cores - 1)
+        if enc.device == "cpu" and processes > 1:
+            enc.add_processes(processes - 1)
         return enc
     except EncoderProcessError as exc:
         if exc.kind == "ConfigError":

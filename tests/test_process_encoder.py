@@ -13,7 +13,7 @@ import pytest
 
 from encoders import load_encoder
 from encoders.hashing import HashingEncoder
-from encoders.process import EncoderProcessError, ProcessEncoder, cpu_plan
+from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
 from stream.app import Unreachable, build_worker, build_worker_encoder
 from stream.config import Config, ConfigError, load_config
 
@@ -103,7 +103,8 @@ def test_arguments_are_checked() -> None:
         ProcessEncoder(load_encoder, "hashing", threads=0)
     with pytest.raises(ConfigError, match="encoder_processes=-2 should be >= -1"):
         load_config(None, overrides={"encoder_processes": "-2"})
-    assert cpu_plan(4) == (4, 1) and cpu_plan(0) == (1, 1)
+    assert cpu_plan(4) == (4, 1) and cpu_plan(0) == (1, 1) and cpu_plan(32) == (8, 4)
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
 
 
 def test_the_worker_runs_a_torch_encoder_in_child_processes_and_hashing_in_itself() -> None:
