@@ -222,6 +222,11 @@ class ProcessEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Encode ``texts``: split over every child (``split``), else whole on the next idle
         child; safe to call from several threads at once."""
+        return self.encode_counted(texts)[0]
+
+    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """:meth:`encode` and the tokens of this call alone: with calls side by side, a
+        difference of :attr:`tokens_seen` taken around one call would count the others'."""
         if self.split:
             with self._lock:
                 return self._encode_on(self._children, texts)
@@ -231,23 +236,25 @@ class ProcessEncoder:
         finally:
             self._idle.put(child)
 
-    def _encode_on(self, children: list[_Child], texts: Sequence[str]) -> np.ndarray:
+    def _encode_on(self, children: list[_Child], texts: Sequence[str]) -> tuple[np.ndarray, int]:
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
-            return out
+            return out, 0
         cuts = np.linspace(0, n, min(n, len(children)) + 1).round().astype(int)
         spans = list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))
         busy = children[:len(spans)]
         for child, (a, b) in zip(busy, spans, strict=True):
             child.send(list(texts[a:b]))
         failure: EncoderProcessError | None = None
+        tokens = 0
         for child, (a, b) in zip(busy, spans, strict=True):  # read every reply: pipes in step
             reply = child.receive(f"encoding {b - a} texts")
             if reply[0] == "error":
                 failure = failure or EncoderProcessError(
                     f"the encoder process failed: {reply[1]}: {reply[2]}", kind=reply[1])
                 continue
+            tokens += reply[1] - child.tokens  # a child serves one call at a time
             child.tokens = reply[1]
             try:
                 child.conn.recv_bytes_into(out[a:b].data.cast("B"))
@@ -256,7 +263,7 @@ class ProcessEncoder:
                                           "vectors") from exc
         if failure is not None:
             raise failure
-        return out
+        return out, tokens
 
     def close(self) -> None:
         """Ask the children to exit, then end those that do not within a few seconds."""

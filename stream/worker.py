@@ -218,6 +218,10 @@ class Worker:
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, int, float]:
         t0 = time.perf_counter()
+        counted = getattr(self.encoder, "encode_counted", None)
+        if counted is not None:  # calls side by side: each counts its own tokens
+            X, tokens = counted(texts)
+            return X, tokens, time.perf_counter() - t0
         before = self.encoder.tokens_seen
         X = self.encoder.encode(texts)
         return X, self.encoder.tokens_seen - before, time.perf_counter() - t0

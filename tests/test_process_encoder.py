@@ -60,6 +60,23 @@ def test_whole_calls_from_several_threads_each_take_a_child() -> None:
         for th in threads:
             th.join()
         np.testing.assert_array_equal(np.concatenate([out[k] for k in range(len(chunks))]), want)
+        # each call counts its own tokens, however the calls overlap
+        ref = HashingEncoder(dim=32, idf=False)
+        counts: dict[int, list[int]] = {k: [] for k in range(len(chunks))}
+
+        def count(k: int) -> None:
+            for _ in range(5):
+                counts[k].append(enc.encode_counted(chunks[k])[1])
+
+        threads = [threading.Thread(target=count, args=(k,)) for k in range(len(chunks))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for k, chunk in enumerate(chunks):
+            before = ref.tokens_seen
+            ref.encode(chunk)
+            assert counts[k] == [ref.tokens_seen - before] * 5
     finally:
         enc.close()
 
