@@ -8,10 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
 
+import numpy as np
 import pytest
 from kafka import KafkaProducer
 
@@ -105,10 +107,35 @@ def test_worker_end_to_end(kafka: Service, redis_server: Service, names: dict[st
     assert sum(c.size for c in topics.cards.values()) == N_DOCS
 
 
+class SideBySide:
+    """The hashing encoder serving ``concurrent_calls`` calls at once (as encoder processes
+    taking whole batches do), so the worker keeps that many batches in flight."""
+
+    concurrent_calls = 3
+
+    def __init__(self) -> None:
+        from encoders.hashing import HashingEncoder
+
+        self.inner = HashingEncoder(dim=64)
+        self.name, self.dim, self.device = "side-by-side", 64, "cpu"
+        self.lock = threading.Lock()
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.inner.tokens_seen
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        time.sleep(0.02)
+        with self.lock:
+            return self.inner.encode(texts)
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
 def test_a_batch_whose_output_failed_is_dropped_and_read_again(
-        kafka: Service, redis_server: Service, names: dict[str, str]) -> None:
+        kafka: Service, redis_server: Service, names: dict[str, str], in_flight: int) -> None:
     """The broker refuses one batch's output: nothing of that batch is committed, the
-    worker seeks back and reads it again, and the state still counts each document once."""
+    worker seeks back and reads it again (with the batches polled after it, when several
+    are in flight), and the state still counts each document once."""
     from stream.sink import KafkaSink, SinkUnavailable
 
     class FlakySink(KafkaSink):
@@ -126,7 +153,8 @@ def test_a_batch_whose_output_failed_is_dropped_and_read_again(
     cfg = load_config(env={}, overrides=settings(kafka, redis_server, names, exit_when_idle=6.0,
                                                  batch_size=100))
     sink = FlakySink(cfg.assignments_topic, cfg.events_topic, cfg.dlq_topic, cfg.kafka_client_config())
-    built = build_worker(cfg, sink=sink)
+    built = build_worker(cfg, sink=sink, encoder=SideBySide() if in_flight > 1 else None)
+    assert built.worker.ahead == in_flight
     try:
         stats = built.worker.run()
     finally:
