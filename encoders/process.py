@@ -5,9 +5,9 @@ interpreter's lock (the GIL) to start. In a worker the same interpreter also pol
 decodes, clusters, keeps the topic cards, publishes and commits, and kafka-python runs its
 own I/O threads: whenever one of them holds the GIL, the encoder's next call waits for it,
 up to the switch interval (5 ms) each time. On the 2-core development machine (2026-12-02)
-the encoder on a thread beside one busy Python thread fell from about 900 to 40-50
-documents/s; in a child process, beside the same thread, it kept 280-310 (the busy thread
-takes one of the two cores), and 740-920 beside a thread busy 40% of the time.
+the encoder on a thread beside one Python thread that never paused fell from 887-981 to
+40-53 documents/s; in a child process (two threads), beside the same thread, it kept 280-310
+(the busy thread takes one of the two cores).
 
 :class:`ProcessEncoder` starts the child with ``spawn`` (a forked child of a process that has
 started torch's thread pools or CUDA is not safe), builds the encoder there by calling
@@ -148,8 +148,9 @@ class ProcessEncoder:
 
     Examples
     --------
-    >>> from encoders import load_encoder
-    >>> enc = ProcessEncoder(load_encoder, "hashing:64", processes=2)  # doctest: +SKIP
+    >>> from functools import partial
+    >>> from encoders.hashing import HashingEncoder
+    >>> enc = ProcessEncoder(partial(HashingEncoder, dim=64, idf=False), processes=2)  # doctest: +SKIP
     >>> enc.encode(["port strike ends", "mars rover finds ice"]).shape  # doctest: +SKIP
     (2, 64)
     >>> enc.close()  # doctest: +SKIP
@@ -306,9 +307,10 @@ def cpu_plan(cores: int | None = None) -> tuple[int, int]:
     core (:func:`available_cpus` by default), at most :data:`MAX_AUTO_PROCESSES`, the cores
     shared out as threads beyond that. Measured on the 2-core development machine
     (2026-12-02), news titles in batches of 256: two processes of one thread 810-1,099
-    documents/s, one process of two threads 692-831; beside a Python thread busy 40% of the
-    time, 986-989 against 747-806 (a thread's stall holds up the other at every barrier of a
-    multi-threaded kernel, while two processes stall alone)."""
+    documents/s, one process of two threads 692-831; beside a Python thread that never
+    paused, two one-thread processes splitting each batch 732-829, one two-thread process
+    280-310 (a thread's stall holds up the other at every barrier of a multi-threaded
+    kernel, while two processes stall alone)."""
     n = max(1, cores if cores is not None else available_cpus())
     processes = min(n, MAX_AUTO_PROCESSES)
     return processes, max(1, n // processes)

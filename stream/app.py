@@ -109,12 +109,13 @@ def build_worker_encoder(cfg: Config) -> Encoder:
         return build_encoder(cfg)
     from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
 
-    processes, threads = cpu_plan()
+    cores = available_cpus()
+    processes, threads = cpu_plan(cores)
     try:
         if n > 0:
             return ProcessEncoder(encoder_in_child, cfg, processes=n, split=False,
                                   threads=None if cfg.device.startswith("cuda")
-                                  else max(1, available_cpus() // n))
+                                  else max(1, cores // n))
         if cfg.device.startswith("cuda"):
             return ProcessEncoder(encoder_in_child, cfg)
         # auto on a CPU (or device auto): start one, and the rest once it says it is on a

@@ -216,25 +216,34 @@ def print_encoder_row(r: EncoderRow, out: Any) -> None:
               f"{r.worker_encoder_ratio:.0%} of it)", file=out)
 
 
-def docs_per_s_in_flight(encoder: Any, texts: Sequence[str], batch_size: int,
-                         repeat: int = 1) -> float:
-    """Documents/s of ``encoder`` on ``texts`` in micro-batches of ``batch_size``, as the
-    worker calls it: ``encoder.concurrent_calls`` batches in flight (1 for most encoders);
-    the best of ``repeat`` rounds after a warm-up round (a CPU's bf16 kernels are built for
-    each new pass shape the first time it comes)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _in_micro_batches(encoder: Any, texts: Sequence[str], batch_size: int) -> Callable[[], None]:
+    """A run of ``encoder`` over ``texts`` in micro-batches of ``batch_size`` as the worker
+    calls it: ``encoder.concurrent_calls`` batches in flight (1 for most encoders)."""
     calls = max(1, int(getattr(encoder, "concurrent_calls", 1)))
     batches = [list(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    best = 0.0
-    with ThreadPoolExecutor(calls) as pool:
-        for k in range(repeat + 1):
-            t0 = time.perf_counter()
+
+    def run() -> None:
+        if calls == 1:
+            for batch in batches:
+                encoder.encode(batch)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(calls) as pool:
             for _ in pool.map(encoder.encode, batches):
                 pass
-            if k:
-                best = max(best, len(texts) / (time.perf_counter() - t0))
-    return best
+    return run
+
+
+def docs_per_s_in_flight(encoder: Any, texts: Sequence[str], batch_size: int,
+                         repeat: int = 1) -> float:
+    """Documents/s of ``encoder`` on ``texts`` in micro-batches as the worker calls it (see
+    :func:`_in_micro_batches`): the best of ``repeat`` rounds after a warm-up round (a CPU's
+    bf16 kernels are built for each new pass shape the first time it comes)."""
+    run = _in_micro_batches(encoder, texts, batch_size)
+    run()
+    seconds, _ = _best_seconds(run, encoder.device, repeat)
+    return len(texts) / seconds
 
 
 # -- bench encoder --encoders: every model's speed on the same texts ---------------------------
@@ -257,18 +266,13 @@ def run_model_speeds(models: Sequence[tuple[str, Any]], texts: Sequence[str], ba
                      repeat: int) -> list[ModelSpeed]:
     """Time each ``(spec, encoder)`` on ``texts`` in micro-batches; after a warm-up on the
     first batch the models take turns, ``repeat`` rounds, and each model's best run counts."""
-    def runner(encoder: Any) -> Callable[[], None]:
-        def run() -> None:
-            for i in range(0, len(texts), batch_size):
-                encoder.encode(texts[i:i + batch_size])
-        return run
-
     best = [float("inf")] * len(models)
     for _, encoder in models:
         encoder.encode(texts[:batch_size])
     for _ in range(repeat):
         for j, (_, encoder) in enumerate(models):
-            seconds, _ = _best_seconds(runner(encoder), encoder.device, 1)
+            seconds, _ = _best_seconds(_in_micro_batches(encoder, texts, batch_size),
+                                       encoder.device, 1)
             best[j] = min(best[j], seconds)
     first = len(texts) / best[0]
     return [ModelSpeed(spec, encoder.name, encoder.device, int(encoder.dim), len(texts),

@@ -4,10 +4,13 @@ each on a free port, torn down after. No test depends on a server started by han
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stream.services import Service, start_redis, start_tansu
@@ -86,3 +89,38 @@ MALFORMED: list[tuple[bytes | None, str]] = [
     (b'{"id": "m-5", "text": "fine", "meta": "not an object"}', "wrong_type"),
     (None, "empty_record"),
 ]
+
+
+def edit_config(path: Path, **changes: object) -> None:
+    """Change fields of a trained model's ``config.json`` (for the damaged-directory tests)."""
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+class SideBySide:
+    """The hashing encoder serving ``concurrent_calls`` calls at once, slowly (as encoder
+    processes taking whole batches do), so a worker keeps that many batches in flight;
+    ``most`` is the most calls seen running at once."""
+
+    def __init__(self, concurrent_calls: int = 3, dim: int = 64, delay_s: float = 0.02) -> None:
+        from encoders.hashing import HashingEncoder
+
+        self.inner = HashingEncoder(dim=dim)
+        self.name, self.dim, self.device = "side-by-side", dim, "cpu"
+        self.concurrent_calls, self.delay_s = concurrent_calls, delay_s
+        self.lock = threading.Lock()
+        self.active = self.most = 0
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.inner.tokens_seen
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.active -= 1
+            return self.inner.encode(texts)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, cli
 
-from conftest import REPO
+from conftest import REPO, edit_config
 from encoders import Encoder, load_encoder
 from encoders.distilled import KINDS, DistilledEncoder, TrainResult, build_model, train_distilled
 from stream.config import load_config
@@ -125,12 +125,6 @@ def _copy(result: TrainResult, tmp_path: Path) -> Path:
     return Path(shutil.copytree(result.out_dir, tmp_path / "enc"))
 
 
-def _edit_config(path: Path, **changes: Any) -> None:
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(changes)
-    (path / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize(("damage", "error", "message"), [
     (lambda p: (p / "model.safetensors").write_bytes(b"\x00garbage" * 10), ValueError,
      "model.safetensors: not a readable safetensors file"),
@@ -140,22 +134,22 @@ def _edit_config(path: Path, **changes: Any) -> None:
     (lambda p: (p / "config.json").unlink(), FileNotFoundError, "config.json: missing"),
     (lambda p: (p / "tokenizer.json").unlink(), FileNotFoundError, "tokenizer.json: missing"),
     (lambda p: (p / "config.json").write_text("{not json"), ValueError, "config.json: not JSON"),
-    (lambda p: _edit_config(p, format="pickle"), ValueError,
+    (lambda p: edit_config(p, format="pickle"), ValueError,
      "format='pickle', expected 'topicstream-distilled'"),
-    (lambda p: _edit_config(p, version=2), ValueError, "version=2"),
-    (lambda p: _edit_config(p, kind="lstm"), ValueError, "kind='lstm'"),
-    (lambda p: _edit_config(p, vocab_size=100), ValueError, "tensors do not match config.json"),
-    (lambda p: _edit_config(p, kind="cnn"), ValueError, "tensors do not match config.json"),
-    (lambda p: _edit_config(p, kind="bilstm"), ValueError,
+    (lambda p: edit_config(p, version=2), ValueError, "version=2"),
+    (lambda p: edit_config(p, kind="lstm"), ValueError, "kind='lstm'"),
+    (lambda p: edit_config(p, vocab_size=100), ValueError, "tensors do not match config.json"),
+    (lambda p: edit_config(p, kind="cnn"), ValueError, "tensors do not match config.json"),
+    (lambda p: edit_config(p, kind="bilstm"), ValueError,
      "tensors do not match config.json (kind='bilstm', vocab_size=30522, dim=384, hidden=48)"),
-    (lambda p: _edit_config(p, kind="attention"), ValueError,
+    (lambda p: edit_config(p, kind="attention"), ValueError,
      "tensors do not match config.json (kind='attention', vocab_size=30522, dim=384, "
      "attention_hidden=32)"),
-    (lambda p: _edit_config(p, hidden=0), ValueError, "hidden=0 should be a positive integer"),
-    (lambda p: _edit_config(p, attention_hidden="big"), ValueError,
+    (lambda p: edit_config(p, hidden=0), ValueError, "hidden=0 should be a positive integer"),
+    (lambda p: edit_config(p, attention_hidden="big"), ValueError,
      "attention_hidden='big' should be a positive integer"),
-    (lambda p: _edit_config(p, channels=True), ValueError, "channels=True should be"),
-    (lambda p: _edit_config(p, kernel_sizes=[3, 0]), ValueError,
+    (lambda p: edit_config(p, channels=True), ValueError, "channels=True should be"),
+    (lambda p: edit_config(p, kernel_sizes=[3, 0]), ValueError,
      "kernel_sizes=[3, 0] should be a non-empty list of positive integers"),
 ])
 def test_damaged_directories_give_clear_errors(trained: dict[str, TrainResult], tmp_path: Path,
@@ -178,7 +172,7 @@ def test_shapes_that_do_not_match_the_config_are_named(
         trained: dict[str, TrainResult], tmp_path: Path, kind: str, edit: dict[str, Any],
         message: str) -> None:
     path = _copy(trained[kind], tmp_path)
-    _edit_config(path, **edit)
+    edit_config(path, **edit)
     with pytest.raises(ValueError, match="tensors do not match config.json") as info:
         DistilledEncoder(path)
     assert message in str(info.value)

@@ -8,16 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import Counter
 
-import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from conftest import MALFORMED, REPO, create_topic, documents, read_topic
+from conftest import MALFORMED, REPO, SideBySide, create_topic, documents, read_topic
 from stream.app import build_worker
 from stream.config import load_config
 from stream.services import Service, free_port
@@ -105,29 +103,6 @@ def test_worker_end_to_end(kafka: Service, redis_server: Service, names: dict[st
     assert all(a["keywords"] for a in asg)
     assert topics is not None and set(topics.cards) == set(state.row_labels.tolist())
     assert sum(c.size for c in topics.cards.values()) == N_DOCS
-
-
-class SideBySide:
-    """The hashing encoder serving ``concurrent_calls`` calls at once (as encoder processes
-    taking whole batches do), so the worker keeps that many batches in flight."""
-
-    concurrent_calls = 3
-
-    def __init__(self) -> None:
-        from encoders.hashing import HashingEncoder
-
-        self.inner = HashingEncoder(dim=64)
-        self.name, self.dim, self.device = "side-by-side", 64, "cpu"
-        self.lock = threading.Lock()
-
-    @property
-    def tokens_seen(self) -> int:
-        return self.inner.tokens_seen
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        time.sleep(0.02)
-        with self.lock:
-            return self.inner.encode(texts)
 
 
 @pytest.mark.parametrize("in_flight", [1, 3])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SideBySide
 from encoders import load_encoder
 from encoders.hashing import HashingEncoder
 from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
@@ -143,32 +144,6 @@ def test_the_worker_runs_a_torch_encoder_in_child_processes_and_hashing_in_itsel
         build_worker_encoder(Config(encoder="hybrid", encoder_processes=1, reducer="ae:/nowhere"))
 
 
-class _Slow:
-    """A hashing encoder that serves several calls at once, slowly, like encoder processes
-    taking whole batches."""
-
-    name, dim, device, concurrent_calls = "slow", 16, "cpu", 3
-
-    def __init__(self) -> None:
-        self.inner = HashingEncoder(dim=16)
-        self.lock = threading.Lock()
-        self.active = self.most = 0
-
-    @property
-    def tokens_seen(self) -> int:
-        return self.inner.tokens_seen
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        with self.lock:
-            self.active += 1
-            self.most = max(self.most, self.active)
-        threading.Event().wait(0.05)
-        with self.lock:
-            X = self.inner.encode(texts)
-            self.active -= 1
-        return X
-
-
 def test_the_worker_keeps_one_batch_in_flight_per_concurrent_call(tmp_path: Path) -> None:
     """With an encoder that serves 3 calls at once, 3 batches are encoding while the oldest is
     processed, and the output is still in input order, every document once."""
@@ -178,7 +153,7 @@ def test_the_worker_keeps_one_batch_in_flight_per_concurrent_call(tmp_path: Path
     out = tmp_path / "out.jsonl"
     from stream.sink import FileSink
 
-    enc = _Slow()
+    enc = SideBySide(concurrent_calls=3, dim=16, delay_s=0.05)
     cfg = Config(encoder="hashing:16", batch_size=8, max_wait_ms=0)
     built = build_worker(cfg, input_file=src, sink=FileSink(str(out), str(tmp_path / "ev.jsonl"),
                                                             str(tmp_path / "dlq.jsonl")),
@@ -191,3 +166,13 @@ def test_the_worker_keeps_one_batch_in_flight_per_concurrent_call(tmp_path: Path
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == [f"d{i}" for i in range(len(TEXTS) * 3)]
     assert enc.most >= 2  # batches were encoded side by side
+
+
+def test_the_worker_encoder_benchmark_keeps_as_many_batches_in_flight() -> None:
+    """bench encoder --pipeline times the worker's encoder as the worker calls it."""
+    from stream.bench_encoder import docs_per_s_in_flight
+
+    enc = SideBySide(concurrent_calls=3, dim=16, delay_s=0.02)
+    rate = docs_per_s_in_flight(enc, TEXTS * 2, 10, repeat=2)
+    assert enc.most == 3
+    assert 0 < rate < len(TEXTS * 2) / (0.02 * 13 / 3 * 0.9)  # 13 batches, 3 at a time

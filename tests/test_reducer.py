@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, cli
 
-from conftest import REPO
+from conftest import REPO, edit_config
 from encoders import Encoder
 from encoders.hashing import HashingEncoder
 from encoders.reducer import (
@@ -167,12 +167,6 @@ def _copy(result: ReducerTrainResult, tmp_path: Path) -> Path:
     return Path(shutil.copytree(result.out_dir, tmp_path / "red"))  # type: ignore[arg-type]
 
 
-def _edit_config(path: Path, **changes: Any) -> None:
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(changes)
-    (path / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize(("damage", "error", "message"), [
     (lambda p: (p / "model.safetensors").write_bytes(b"\x00garbage" * 10), ValueError,
      "model.safetensors: not a readable safetensors file"),
@@ -181,14 +175,14 @@ def _edit_config(path: Path, **changes: Any) -> None:
     (lambda p: (p / "model.safetensors").unlink(), FileNotFoundError, "model.safetensors: missing"),
     (lambda p: (p / "config.json").unlink(), FileNotFoundError, "config.json: missing"),
     (lambda p: (p / "config.json").write_text("{not json"), ValueError, "config.json: not JSON"),
-    (lambda p: _edit_config(p, format="topicstream-distilled"), ValueError,
+    (lambda p: edit_config(p, format="topicstream-distilled"), ValueError,
      "format='topicstream-distilled', expected 'topicstream-reducer'"),
-    (lambda p: _edit_config(p, version=2), ValueError, "version=2, this topicstream reads version 1"),
-    (lambda p: _edit_config(p, kind="pca"), ValueError, "kind='pca'"),
-    (lambda p: _edit_config(p, code_dim=0), ValueError, "code_dim=0 should be a positive integer"),
-    (lambda p: _edit_config(p, default_threshold="high"), ValueError, "default_threshold='high'"),
-    (lambda p: _edit_config(p, code_dim=16), ValueError, "tensors do not match config.json"),
-    (lambda p: _edit_config(p, kind="vae"), ValueError, "tensors do not match config.json"),
+    (lambda p: edit_config(p, version=2), ValueError, "version=2, this topicstream reads version 1"),
+    (lambda p: edit_config(p, kind="pca"), ValueError, "kind='pca'"),
+    (lambda p: edit_config(p, code_dim=0), ValueError, "code_dim=0 should be a positive integer"),
+    (lambda p: edit_config(p, default_threshold="high"), ValueError, "default_threshold='high'"),
+    (lambda p: edit_config(p, code_dim=16), ValueError, "tensors do not match config.json"),
+    (lambda p: edit_config(p, kind="vae"), ValueError, "tensors do not match config.json"),
 ])
 def test_damaged_directories_give_clear_errors(trained: dict[str, ReducerTrainResult],
                                                tmp_path: Path, damage: Any, error: type,
