@@ -149,9 +149,12 @@ def score(method: str, labels: Sequence[str], pred: Sequence[Any], n: int, secon
 def ours(name: str, clusterer: Clusterer, X: np.ndarray, labels: Sequence[str],
          batch_size: int) -> list[Row]:
     preds, merges, seconds = run_clusterer(clusterer, X, batch_size)
+    precision = getattr(clusterer, "precision", None)
+    product = f"; {precision} product" if precision else ""
     return [score(name, labels, follow_merges(preds, merges), len(X), seconds,
-                  f"after {len(merges)} announced merges"),
-            score(f"{name} (arrival)", labels, preds, len(X), seconds, "ids as first assigned")]
+                  f"after {len(merges)} announced merges{product}"),
+            score(f"{name} (arrival)", labels, preds, len(X), seconds,
+                  f"ids as first assigned{product}")]
 
 
 def river_peer(estimator: str, X: np.ndarray, labels: Sequence[str], batch_size: int,

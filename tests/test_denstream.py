@@ -156,8 +156,23 @@ def test_grouping_of_novel_documents_matches_one_document_at_a_time() -> None:
     document, in order, joins the group whose centre is nearest if the radius after adding
     it is at most eps, else opens a group while the budget lasts."""
     ds = DenStream(eps=0.2, half_life=None)
-    for seed, budget in ((0, 100), (1, 7), (2, 0)):
-        X = blobs(150, 12, dim=24, noise=0.5, seed=seed)
+    rng = np.random.default_rng(3)
+    scattered = rng.normal(size=(200, 256))  # far apart: most documents open groups
+    scattered[100:140] = scattered[:40] + 0.2 * rng.normal(size=(40, 256))  # and some join
+    scattered = (scattered / np.linalg.norm(scattered, axis=1, keepdims=True)).astype(np.float32)
+    tight = blobs(120, 3, dim=8, noise=0.05, seed=4)  # groups of many documents
+    # pairs at cosines around the least that lets a second document join a first (0.28)
+    base = rng.normal(size=(100, 256))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    other = rng.normal(size=(100, 256))
+    other -= (other * base).sum(1, keepdims=True) * base
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    cos = np.linspace(0.2, 0.5, 100)[:, None]
+    pairs = np.concatenate([base, cos * base + np.sqrt(1 - cos ** 2) * other]).astype(np.float32)
+    cases = [(blobs(150, 12, dim=24, noise=0.5, seed=seed), budget)
+             for seed, budget in ((0, 100), (1, 7), (2, 0))]
+    cases += [(scattered, 200), (scattered, 50), (tight, 120), (tight, 2), (pairs, 200)]
+    for X, budget in cases:
         sums: list[np.ndarray] = []
         counts: list[int] = []
         expect = []
@@ -177,6 +192,29 @@ def test_grouping_of_novel_documents_matches_one_document_at_a_time() -> None:
                 counts[g] += 1
             expect.append(g)
         assert ds._leaders(X, budget).tolist() == expect
+    # both ways through the grouping were taken: groups of one and groups of many
+    groups = ds._leaders(scattered, 200)
+    sizes = np.bincount(groups)
+    assert (sizes == 1).sum() > 100 and sizes.max() >= 2
+    assert np.bincount(ds._leaders(tight, 120)).max() > 20
+    joined = ds._leaders(pairs, 200)[100:] < 100
+    assert 0 < joined.sum() < 100  # some pairs near the bound join, some do not
+
+
+def test_bf16_product_gives_the_fp32_clusters() -> None:
+    """The bfloat16 product of the batch with the centres rounds similarities by about
+    2**-8; on a stream of separated topics the micro-clusters and labels are those of the
+    float32 product."""
+    X = blobs(2000, 20, dim=64, noise=0.3, seed=6)
+    runs = []
+    for precision in ("fp32", "bf16"):
+        ds = DenStream(eps=0.15, half_life=1000.0, precision=precision)
+        ids = np.concatenate([ds.learn_predict(X[i:i + 200]).cluster_ids
+                              for i in range(0, len(X), 200)])
+        runs.append((ids, ds.n_micro_clusters))
+    (a, ka), (b, kb) = runs
+    assert ka == kb
+    assert (a == b).mean() >= 0.99
 
 
 def test_incremental_offline_step_equals_comparing_everything() -> None:
@@ -573,6 +611,7 @@ def test_empty_batch_and_empty_state() -> None:
     (dict(offline_eps=0), "offline_eps=0 should be > 0 and <= 2"),
     (dict(border_eps=2.5), "border_eps=2.5 should be >= 0 and <= 2"),
     (dict(dim=0), "dim=0 should be >= 1"),
+    (dict(precision="fp16"), "precision='fp16' should be one of auto, fp32, bf16"),
 ])
 def test_constructor_validates(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
