@@ -563,8 +563,7 @@ class DenStream(Clusterer):
         j = best[docs]
         away = np.flatnonzero(~kind[j])
         if away.size:
-            cols = np.flatnonzero(kind)
-            j[away] = cols[S[docs[away]][:, cols].argmax(axis=1)]
+            j[away] = np.where(kind, S[docs[away]], -np.inf).argmax(axis=1)
         return j, S[docs, j].astype(np.float64)
 
     def _fits(self, norm: np.ndarray, weight: np.ndarray, sim: np.ndarray) -> np.ndarray:
@@ -603,16 +602,24 @@ class DenStream(Clusterer):
         fresh = np.zeros(k, bool)
         fresh[touched] = True
         fresh[S.shape[1]:] = True  # new rows past the old ones
-        old = np.flatnonzero(pot & ~fresh)
+        old = pot[:S.shape[1]] & ~fresh[:S.shape[1]]
         new = np.flatnonzero(pot & fresh)
-        if old.size + new.size == 0:
+        if not old.any() and new.size == 0:
             return none
-        sims = np.concatenate([S[np.ix_(docs, old)],
-                               X[docs] @ self._centres[new].T], axis=1)
-        cand = np.concatenate([old, new])
-        j = sims.argmax(axis=1)
-        near = sims[np.arange(docs.size), j] >= np.float32(1.0 - self.border_eps)
-        return docs[near], cand[j[near]]
+        every = np.arange(docs.size)
+        j = np.zeros(docs.size, np.int64)  # nearest old row first (ties to it), then new rows
+        sim = np.full(docs.size, -np.inf, np.float32)
+        if old.any():
+            j = np.where(old, S[docs], -np.inf).argmax(axis=1)
+            sim = S[docs, j]
+        if new.size:
+            Sn = X[docs] @ self._centres[new].T
+            jn = Sn.argmax(axis=1)
+            closer = Sn[every, jn] > sim
+            j[closer] = new[jn[closer]]
+            sim[closer] = Sn[every[closer], jn[closer]]
+        near = sim >= np.float32(1.0 - self.border_eps)
+        return docs[near], j[near]
 
     def learn_predict(self, X: np.ndarray) -> BatchResult:
         X = check_batch(X, self.dim)
