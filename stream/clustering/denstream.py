@@ -221,8 +221,8 @@ class DenStream(Clusterer):
         the p-micro-cluster whose label it takes; None for ``offline_eps``.
     precision
         Of the product of each batch with the centres (:mod:`stream.clustering.products`):
-        ``fp32``, ``bf16`` (about twice as fast on a CPU with native bfloat16; similarities
-        within about ``2 ** -8``) or ``auto`` (``bf16`` where the CPU has it natively, else
+        ``fp32``, ``bf16`` (the product alone about twice as fast on a CPU with native
+        bfloat16; similarities within about ``2 ** -8``) or ``auto`` (``bf16`` where the CPU has it natively, else
         ``fp32``). Radius tests, grouping and the offline step stay in float32/float64.
 
     Examples
@@ -604,12 +604,13 @@ class DenStream(Clusterer):
         fresh[S.shape[1]:] = True  # new rows past the old ones
         old = pot[:S.shape[1]] & ~fresh[:S.shape[1]]
         new = np.flatnonzero(pot & fresh)
-        if not old.any() and new.size == 0:
+        any_old = bool(old.any())
+        if not any_old and new.size == 0:
             return none
         every = np.arange(docs.size)
         j = np.zeros(docs.size, np.int64)  # nearest old row first (ties to it), then new rows
         sim = np.full(docs.size, -np.inf, np.float32)
-        if old.any():
+        if any_old:
             j = np.where(old, S[docs], -np.inf).argmax(axis=1)
             sim = S[docs, j]
         if new.size:

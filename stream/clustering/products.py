@@ -9,7 +9,7 @@ float32 OpenBLAS on two threads, on one thread.
 Pitfall: the bfloat16 product runs on *one* torch thread. torch's OpenMP pool and
 OpenBLAS's threads both spin for a while after each call, so alternating two-threaded torch
 products with numpy's two-threaded ones on a 2-core machine made the whole step twice as
-slow, not faster (measured). The thread setting is restored after each call, so an encoder
+slow or worse, not faster (measured). The thread setting is restored after each call, so an encoder
 in the same process keeps its threads.
 
 Inputs are rounded to bfloat16 (8 bits of mantissa) and accumulated in float32: for unit
@@ -18,22 +18,9 @@ vectors an entry is within about ``2 ** -8`` of the float32 product.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_precision(precision: str) -> str:
@@ -49,7 +36,9 @@ def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} should be one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        from encoders.transformer import cpu_has_bf16  # the encoders' test of the same CPU
+
+        return "bf16" if cpu_has_bf16() else "fp32"
     return precision
 
 
