@@ -43,8 +43,8 @@ class Encoder(Protocol):
         ...
 
 
-def load_encoder(spec: str, device: str = "auto", batch_size: int = 128, precision: str = "auto",
-                 max_tokens: int = 16384, compile: bool = False) -> Encoder:
+def load_encoder(spec: str, device: str = "auto", batch_size: int = 256, precision: str = "auto",
+                 max_tokens: int | None = None, compile: bool = False) -> Encoder:
     """Build an encoder from ``KIND[:ARG]`` (see the module docstring); the other arguments
     go to the transformer (:class:`~encoders.transformer.TransformerEncoder`)."""
     kind, _, arg = spec.partition(":")

@@ -141,7 +141,7 @@ def _choose_baseline(texts: Sequence[str], device: str, batch_sizes: Sequence[in
 
 
 def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str = "auto",
-                      batch_size: int = 128, max_tokens: int = 16384, repeat: int = 2,
+                      batch_size: int = 256, max_tokens: int | None = None, repeat: int = 2,
                       sample: int = 2000, batch_sizes: Sequence[int] | None = None,
                       pipeline: Callable[[], tuple[float, float]] | None = None) -> EncoderRow:
     """Time our encoder and sentence-transformers on ``texts`` (see the module docstring).
@@ -154,7 +154,7 @@ def run_encoder_bench(texts: Sequence[str], device: str = "auto", precision: str
     enc.encode(list(texts[:512]))  # warm-up: kernels, allocator, tokenizer threads
     ours_sample = enc.encode(list(texts[:sample]))
     if batch_sizes is None:
-        batch_sizes = (64, 128, 256, 512, 1024) if dev.startswith("cuda") else (32, 64, 128, 256)
+        batch_sizes = (64, 128, 256, 512, 1024) if dev.startswith("cuda") else (32, 64, 128, 256, 512)
     model, bs, base_name, reference = _choose_baseline(texts[:sample], dev, batch_sizes)
 
     def theirs_fn() -> Any:
