@@ -234,3 +234,12 @@ def test_cuda_asked_without_cuda_is_a_clear_error() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_token_budget_defaults_by_device_and_is_checked() -> None:
+    from encoders.transformer import TransformerEncoder
+
+    assert TransformerEncoder(device="cpu", precision="fp32").max_tokens == 4096
+    assert TransformerEncoder(device="cpu", precision="fp32", max_tokens=300).max_tokens == 300
+    with pytest.raises(ValueError, match="max_tokens=0 should be >= 1"):
+        TransformerEncoder(device="cpu", max_tokens=0)
