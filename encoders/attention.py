@@ -12,9 +12,10 @@ form writes the whole ``(rows, heads, width, width)`` score tensor. On the devel
     plain    4.7   4.9   3.0   6.2   2.8   5.8   10.2  15.5  34.0  ms
     fused   10.4  11.0   3.6   6.1   2.8   4.9    3.1   4.4   7.1  ms
 
-so passes up to :data:`PLAIN_UP_TO` tokens wide take the plain form. Numerically the two are
-the same attention (the fused kernel keeps its running softmax in fp32, the plain one rounds
-the scores to the model's dtype: cosine to the fp32 model >= 0.9999 either way, tested).
+so passes up to :data:`PLAIN_UP_TO` tokens wide take the plain form. Both compute the same
+attention; in bf16 their rounding differs a little (smallest cosine to the fp32 model over
+1,000 news titles: 0.99991 with either, measured the same day). In fp32 the two agree to
+1e-5 (``tests/test_attention.py``).
 
 Registered with transformers' attention interface as :data:`NAME`; models that do not go
 through that interface (MPNet) keep their own attention.
@@ -60,13 +61,11 @@ def width_dispatched_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_on(model: Any) -> bool:
+def use_on(model: Any) -> None:
     """Switch ``model`` to this attention where it goes through transformers' attention
-    interface; False (and the model unchanged) where it does not."""
-    if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, width_dispatched_attention)
-        AttentionMaskInterface.register(NAME, eager_mask)  # additive mask in the model's dtype
-    if not model._can_set_attn_implementation():
-        return False
-    model.set_attn_implementation(NAME)
-    return bool(model.config._attn_implementation == NAME)
+    interface (``model.config._attn_implementation`` then says :data:`NAME`); a model that
+    does not is left as it is."""
+    AttentionInterface.register(NAME, width_dispatched_attention)
+    AttentionMaskInterface.register(NAME, eager_mask)  # additive mask in the model's dtype
+    if model._can_set_attn_implementation():
+        model.set_attn_implementation(NAME)

@@ -237,12 +237,10 @@ class TransformerEncoder:
             device=self.device, dtype=dtype).eval()
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # its dense+tanh output is never used: we mean-pool
-        self.attention = str(self.model.config._attn_implementation)
         if not self.device.startswith("cuda"):
             from encoders import attention
 
-            if attention.use_on(self.model):
-                self.attention = attention.NAME
+            attention.use_on(self.model)
         self.dim = int(self.model.config.hidden_size)
         # parameters of the encoder stack, without the embedding tables (for FLOP counts)
         self.flop_params = sum(p.numel() for n, p in self.model.named_parameters()

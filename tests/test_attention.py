@@ -42,7 +42,6 @@ def test_cpu_encoder_runs_it_and_drops_the_unused_pooler() -> None:
     from encoders.transformer import TransformerEncoder
 
     enc = TransformerEncoder(device="cpu", precision="fp32")
-    assert enc.attention == attention.NAME
     assert enc.model.config._attn_implementation == attention.NAME
     assert enc.model.pooler is None
     calls = []
