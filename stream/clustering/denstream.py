@@ -36,28 +36,6 @@ def cosine_radius(cf1: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
     return 1.0 - np.linalg.norm(cf1, axis=-1) / np.maximum(np.asarray(weight, np.float64), 1e-300)
 
 
-def _sum_rows(rows: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Like :func:`~stream.clustering.base.sum_rows_by` (unique rows, row sums, counts), for
-    batches that touch many rows with few documents each: a row's first document is copied,
-    the others are added with one 0/1 membership product."""
-    if rows.size == 0:
-        return rows[:0], np.zeros((0, X.shape[1]), np.float32), rows[:0]
-    order = np.argsort(rows, kind="stable")
-    r = rows[order]
-    first = np.concatenate([[True], r[1:] != r[:-1]])
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.concatenate([starts, [r.size]]))
-    sums = X[order[starts]]
-    extra = np.flatnonzero(~first)
-    if extra.size:
-        seg = (np.cumsum(first) - 1)[extra]
-        targets, inv = np.unique(seg, return_inverse=True)
-        M = np.zeros((targets.size, extra.size), np.float32)
-        M[inv, np.arange(extra.size)] = 1.0
-        sums[targets] += M @ X[order[extra]]
-    return r[starts], sums, counts
-
-
 def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     """Connected components of the graph on nodes ``0..n-1`` with edges ``(a[i], b[i])``:
     the smallest node of each node's component, by hooking and pointer jumping (numpy
@@ -706,7 +684,7 @@ class DenStream(Clusterer):
                 left = ev_labels[~np.isin(ev_labels, self._labels[:self._k])]
                 faded = np.concatenate([faded, np.unique(left)])
         # decayed update of the touched micro-clusters
-        urows, dsums, dcounts = _sum_rows(rows, X)
+        urows, dsums, dcounts = sum_rows_by(rows, X)
         f = decay_factor(t - self._last_t[urows], self.half_life)
         block = self._sums[urows]
         block *= f[:, None].astype(np.float32)
