@@ -130,6 +130,31 @@ def build_worker_encoder(cfg: Config) -> Encoder:
         raise Unreachable(str(exc)) from exc
 
 
+def leave_cores_to_encoder(encoder: Encoder) -> bool:
+    """Run this process's BLAS (numpy's products: clustering, topic cards) on one thread when
+    ``encoder`` does its work in child processes on the CPU; True when it did.
+
+    Those children take every core (one each, :func:`encoders.process.cpu_plan`), so a
+    second BLAS thread in the worker finds no free core: OpenBLAS's threads spin while they
+    wait for each other, against the encoders, and every product of a step costs several
+    times its single-threaded time. Measured on the 2-core development machine (2026-12-03,
+    ``topicstream bench scale --workers 1 --docs 16000 --partitions 1 --encoder transformer``
+    on news titles): 1,210 documents/s end to end with two BLAS threads (the clustering
+    stage 15-21 ms a batch), 1,397-1,528 with one (6.3 ms). With the encoder in this
+    process, or on CUDA, the cores stay the worker's."""
+    from threadpoolctl import threadpool_limits
+
+    from encoders.process import ProcessEncoder
+
+    if not isinstance(encoder, ProcessEncoder) or encoder.device != "cpu":
+        return False
+
+    threadpool_limits(limits=1, user_api="blas")
+    log.info("BLAS on one thread in the worker: its %d encoder processes hold the cores",
+             len(encoder.pids))
+    return True
+
+
 def build_store(cfg: Config) -> StateStore:
     if not cfg.redis_url:
         from stream.state.memory import MemoryStore
@@ -220,6 +245,7 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         encoder = build_worker_encoder(cfg)
         if hasattr(encoder, "close"):
             extra_closers.append(encoder)
+        leave_cores_to_encoder(encoder)
     clusterer = build_clusterer(cfg, encoder)
     if cfg.clusterer.startswith("river:") and cfg.state_file:
         extra_closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))

@@ -15,7 +15,7 @@ from conftest import SideBySide
 from encoders import load_encoder
 from encoders.hashing import HashingEncoder
 from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
-from stream.app import Unreachable, build_worker, build_worker_encoder
+from stream.app import Unreachable, build_worker, build_worker_encoder, leave_cores_to_encoder
 from stream.config import Config, ConfigError, load_config
 
 TEXTS = [f"story {i % 7} about {w} number {i}" for i, w in
@@ -176,3 +176,19 @@ def test_the_worker_encoder_benchmark_keeps_as_many_batches_in_flight() -> None:
     rate = docs_per_s_in_flight(enc, TEXTS * 2, 10, repeat=2)
     assert enc.most == 3
     assert 0 < rate < len(TEXTS * 2) / (0.02 * 13 / 3 * 0.9)  # 13 batches, 3 at a time
+
+
+def test_the_worker_leaves_the_cores_to_its_encoder_processes(pair: ProcessEncoder) -> None:
+    """Encoder processes on the CPU: the worker's own BLAS drops to one thread; an encoder in
+    the worker's process leaves the worker's BLAS threads as they were."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored when the block ends
+        assert blas_threads() == {2}
+        assert not leave_cores_to_encoder(HashingEncoder(dim=16))
+        assert blas_threads() == {2}
+        assert leave_cores_to_encoder(pair)
+        assert blas_threads() == {1}
