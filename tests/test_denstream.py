@@ -217,6 +217,23 @@ def test_bf16_product_gives_the_fp32_clusters() -> None:
     assert (a == b).mean() >= 0.99
 
 
+def test_bf16_product_with_every_row_is_cut_to_the_micro_clusters() -> None:
+    """While the micro-clusters fill up, the bf16 product is taken with every allocated row
+    (one kernel shape) and cut to the live ones: the same numbers as the product with those
+    alone, contiguous, as wide as the number of micro-clusters."""
+    from stream.clustering.products import cross
+
+    X = blobs(300, 40, dim=32, noise=0.2, seed=8)
+    ds = DenStream(eps=0.1, max_micro_clusters=500, precision="bf16")
+    ds.learn_predict(X[:200])
+    k = ds.n_micro_clusters
+    assert 0 < k < 500
+    S = ds._cross_centres(X[200:], k)
+    assert S.shape == (100, k) and S.flags.c_contiguous
+    np.testing.assert_allclose(S, cross(X[200:], ds._centres[:k], "bf16"), atol=2.0 ** -7)
+    np.testing.assert_allclose(S, X[200:] @ ds._centres[:k].T, atol=2.0 ** -7)
+
+
 def test_incremental_offline_step_equals_comparing_everything() -> None:
     """Borders left settled (no core within reach) are compared with the changed cores
     only; the labels over a stream equal those of an offline step that compares all."""

@@ -453,6 +453,17 @@ class DenStream(Clusterer):
         return rows, merged
 
     # -- online step -----------------------------------------------------------------------
+    def _cross_centres(self, X: np.ndarray, k: int) -> np.ndarray:
+        """``X @ centres[:k].T`` in :attr:`precision`. In bf16 the product is taken with every
+        allocated row and cut to ``k`` columns: oneDNN compiles a kernel for each new shape
+        (1-3 ms on first use, measured), and ``k`` takes a new value at every batch while the
+        micro-clusters fill up and after every prune, so a fixed shape saves those builds for
+        the price of products with rows beyond ``k``, which only exist until the capacity is
+        reached."""
+        if self.precision != "bf16" or k == self._centres.shape[0]:
+            return cross(X, self._centres[:k], self.precision)
+        return np.ascontiguousarray(cross(X, self._centres, self.precision)[:, :k])
+
     def _leaders(self, Xn: np.ndarray, budget: int) -> np.ndarray:
         """Grouping of the novel documents, in arrival order, as the paper's one-document
         step would do it: a document joins the group with the nearest centre when the radius
@@ -620,7 +631,7 @@ class DenStream(Clusterer):
         w = np.zeros(k, np.float64)
         pot = np.zeros(k, bool)
         if k and n:
-            S = cross(X, self._centres[:k], self.precision)
+            S = self._cross_centres(X, k)
             f = decay_factor(t - self._last_t[:k], self.half_life)
             w, norm = self._weights[:k] * f, self._norms[:k] * f
             pot = w >= self.min_weight
