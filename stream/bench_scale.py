@@ -3,9 +3,9 @@ group, through a real broker and a real Redis, and the state store's commit late
 
 The documents are produced once to a topic; each worker count then reads all of them with a
 new consumer group and a new model, so every run sees the same input from the start, with
-the whole backlog waiting (the overload case: each worker is always busy). Throughput is
-counted from the first commit to the last, so joining the group is not in it. The commit
-latency per batch is the ``commit`` stage of ``topicstream_stage_duration_seconds`` of each
+the whole backlog waiting (the overload case: each worker is always busy). Throughput, commit
+latency and stage times are counted from the first commit to the last, so joining the group
+is not in them. The commit latency per batch is the ``commit`` stage of ``topicstream_stage_duration_seconds`` of each
 worker, merged over the workers, its quantiles interpolated within the histogram buckets as
 Prometheus' ``histogram_quantile`` does. Peak memory is each worker's ``VmHWM``.
 """
@@ -112,10 +112,44 @@ def produce_docs(kafka: Service, topic: str, docs: Sequence[dict[str, Any]], par
     producer.close()
 
 
+@dataclass
+class Scrape:
+    """The workers' counters at one moment, summed: commit histogram buckets, seconds per
+    stage, batches."""
+
+    buckets: dict[float, float]
+    stage_s: dict[str, float]
+    batches: int
+
+    def minus(self, before: Scrape) -> Scrape:
+        """What was counted since ``before``."""
+        return Scrape({le: c - before.buckets.get(le, 0.0) for le, c in self.buckets.items()},
+                      {k: v - before.stage_s.get(k, 0.0) for k, v in self.stage_s.items()},
+                      self.batches - before.batches)
+
+
+def scrape(ports: Sequence[int]) -> Scrape:
+    """Read and sum the /metrics of the workers on ``ports``."""
+    out = Scrape({}, {}, 0)
+    for port in ports:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for le, c in commit_buckets(body):
+            out.buckets[le] = out.buckets.get(le, 0.0) + c
+        for stage, total in _STAGE_SUM.findall(body):
+            out.stage_s[stage] = out.stage_s.get(stage, 0.0) + float(total)
+        m = re.search(r"^topicstream_batches_total ([0-9.e+-]+)$", body, re.M)
+        out.batches += int(float(m.group(1))) if m else 0
+    return out
+
+
 def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_docs: int,
                 settings: dict[str, Any], timeout_s: float, logdir: Path) -> ScaleRow:
     """Start ``n_workers`` processes on a new group and model; measure until every document
-    is committed; scrape their metrics; stop them with SIGTERM."""
+    is committed; scrape their metrics; stop them with SIGTERM.
+
+    Like the throughput, the commit latency and the stage times cover the window from the
+    first commit to the last: the metrics are scraped at both ends and subtracted, so the
+    wait to join the group (seconds, spent in the first polls) is not in the poll stage."""
     from stream.state.redis_store import RedisStore
 
     tag = uuid.uuid4().hex[:8]
@@ -143,12 +177,14 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
     last: tuple[float, int] = (time.monotonic(), 0)
     deadline = time.monotonic() + timeout_s
     try:
+        at_first: Scrape | None = None
         while time.monotonic() < deadline:
             state = store.r.hget(store.keys["meta"], "n_docs")
             done = int(state or 0)
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
+                at_first = scrape([port for _, port in procs])
             if done != last[1]:
                 last = (now, done)
             if done >= n_docs:
@@ -159,17 +195,9 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
         else:
             raise RuntimeError(f"{n_workers} workers did not finish {n_docs} documents in "
                                f"{timeout_s:g} s; see the logs in {logdir}")
-        buckets: dict[float, float] = {}
-        stage_s: dict[str, float] = {}
-        batches = 0
-        for _, port in procs:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            for le, c in commit_buckets(body):
-                buckets[le] = buckets.get(le, 0.0) + c
-            for stage, total in _STAGE_SUM.findall(body):
-                stage_s[stage] = stage_s.get(stage, 0.0) + float(total)
-            m = re.search(r"^topicstream_batches_total ([0-9.e+-]+)$", body, re.M)
-            batches += int(float(m.group(1))) if m else 0
+        at_last = scrape([port for _, port in procs])
+        window = at_last.minus(at_first) if at_first is not None else at_last
+        buckets, stage_s, batches = window.buckets, window.stage_s, window.batches
         rss = max(peak_rss_mb(p.pid) for p, _ in procs)
     finally:
         store.close()
