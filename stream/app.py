@@ -134,13 +134,13 @@ def leave_cores_to_encoder(encoder: Encoder) -> bool:
     """Run this process's BLAS (numpy's products: clustering, topic cards) on one thread when
     ``encoder`` does its work in child processes on the CPU; True when it did.
 
-    Those children take every core (one each, :func:`encoders.process.cpu_plan`), so a
+    Together those children take every core (:func:`encoders.process.cpu_plan`), so a
     second BLAS thread in the worker finds no free core: OpenBLAS's threads spin while they
     wait for each other, against the encoders, and every product of a step costs several
     times its single-threaded time. Measured on the 2-core development machine (2026-12-03,
     ``topicstream bench scale --workers 1 --docs 16000 --partitions 1 --encoder transformer``
     on news titles): 1,210 documents/s end to end with two BLAS threads (the clustering
-    stage 15-21 ms a batch), 1,397-1,528 with one (6.3 ms). With the encoder in this
+    stage 15-21 ms a batch), 1,366-1,613 with one (6-7 ms). With the encoder in this
     process, or on CUDA, the cores stay the worker's."""
     from threadpoolctl import threadpool_limits
 
