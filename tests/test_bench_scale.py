@@ -3,6 +3,8 @@ commit and its last."""
 
 from __future__ import annotations
 
+import pytest
+
 from stream.bench_scale import Scrape, run_scale
 
 
@@ -15,6 +17,7 @@ def test_a_scrape_minus_an_earlier_one_is_what_was_counted_in_between() -> None:
     assert window.stage_s == {"poll": 0.5, "commit": 0.08 - 0.02, "publish": 0.1}
 
 
+@pytest.mark.integration
 def test_one_worker_is_measured_from_its_first_commit() -> None:
     """Every document is processed; the stage times are those of the measured batches: the
     seconds spent joining the group (in the first polls) are not in the poll stage."""

@@ -217,15 +217,26 @@ def test_bf16_product_gives_the_fp32_clusters() -> None:
     assert (a == b).mean() >= 0.99
 
 
-def test_bf16_product_with_every_row_is_cut_to_the_micro_clusters() -> None:
+def test_bf16_product_with_every_row_is_cut_to_the_micro_clusters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """While the micro-clusters fill up, the bf16 product is taken with every allocated row
     (one kernel shape) and cut to the live ones: the same numbers as the product with those
     alone, contiguous, as wide as the number of micro-clusters."""
+    from stream.clustering import denstream
     from stream.clustering.products import cross
 
+    widths: list[int] = []
+
+    def spy(A: np.ndarray, C: np.ndarray, precision: str = "fp32") -> np.ndarray:
+        widths.append(C.shape[0])
+        return cross(A, C, precision)
+
+    monkeypatch.setattr(denstream, "cross", spy)
     X = blobs(300, 40, dim=32, noise=0.2, seed=8)
     ds = DenStream(eps=0.1, max_micro_clusters=500, precision="bf16")
-    ds.learn_predict(X[:200])
+    ds.learn_predict(X[:100])
+    ds.learn_predict(X[100:200])
+    assert widths == [500]  # the second batch's product, with every row, not the live ones
     k = ds.n_micro_clusters
     assert 0 < k < 500
     S = ds._cross_centres(X[200:], k)
