@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders.transformer import cpu_has_bf16
-from stream.clustering.products import cross, resolve_precision
+from stream.clustering.products import ROW_STEP, cross, resolve_precision
 
 
 def units(n: int, d: int, seed: int) -> np.ndarray:
@@ -28,6 +28,14 @@ def test_bf16_is_within_its_rounding_of_fp32() -> None:
     exact = X @ C.T
     assert np.abs(S - exact).max() <= 2.0 ** -7
     assert not np.array_equal(S, exact)  # rounded: not the float32 product under another name
+
+
+@pytest.mark.parametrize("n", [1, ROW_STEP - 1, ROW_STEP, ROW_STEP + 1, 3 * ROW_STEP - 5])
+def test_bf16_rows_padded_to_the_step_stay_out_of_the_result(n: int) -> None:
+    X, C = units(n, 96, 8), units(40, 96, 9)
+    S = cross(X, C, "bf16")
+    assert S.shape == (n, 40)
+    assert np.abs(S - X @ C.T).max() <= 2.0 ** -7
 
 
 def test_bf16_keeps_the_callers_torch_threads() -> None:

@@ -277,8 +277,10 @@ class DenStream(Clusterer):
     # -- state -----------------------------------------------------------------------------
     def _alloc_arrays(self, dim: int, capacity: int) -> None:
         self._ids = np.zeros(capacity, np.int64)
-        self._sums = np.zeros((capacity, dim), np.float32)
-        self._centres = np.zeros((capacity, dim), np.float32)
+        # written now, not zero-mapped as np.zeros leaves them: the first writes to each page
+        # would otherwise fault during the first batches
+        self._sums = np.full((capacity, dim), 0.0, np.float32)
+        self._centres = np.full((capacity, dim), 0.0, np.float32)
         self._norms = np.zeros(capacity, np.float64)  # ||CF1|| as of last_t
         self._weights = np.zeros(capacity, np.float64)
         self._counts = np.zeros(capacity, np.int64)
