@@ -130,9 +130,22 @@ def build_worker_encoder(cfg: Config) -> Encoder:
         raise Unreachable(str(exc)) from exc
 
 
-def leave_cores_to_encoder(encoder: Encoder) -> bool:
+@dataclass
+class BlasLimit:
+    """A one-thread BLAS limit set by :func:`leave_cores_to_encoder`; closing it puts back
+    the thread counts there were before (the limit is process-wide, so a process that
+    builds a worker and then goes on without it gets its threads back)."""
+
+    limiter: Any
+
+    def close(self) -> None:
+        self.limiter.restore_original_limits()
+
+
+def leave_cores_to_encoder(encoder: Encoder) -> BlasLimit | None:
     """Run this process's BLAS (numpy's products: clustering, topic cards) on one thread when
-    ``encoder`` does its work in child processes on the CPU; True when it did.
+    ``encoder`` does its work in child processes on the CPU; returns the limit (close it to
+    restore the threads), None when it set none.
 
     Together those children take every core (:func:`encoders.process.cpu_plan`), so a
     second BLAS thread in the worker finds no free core: OpenBLAS's threads spin while they
@@ -147,12 +160,12 @@ def leave_cores_to_encoder(encoder: Encoder) -> bool:
     from encoders.process import ProcessEncoder
 
     if not isinstance(encoder, ProcessEncoder) or encoder.device != "cpu":
-        return False
+        return None
 
-    threadpool_limits(limits=1, user_api="blas")
+    limit = BlasLimit(threadpool_limits(limits=1, user_api="blas"))
     log.info("BLAS on one thread in the worker: its %d encoder processes hold the cores",
              len(encoder.pids))
-    return True
+    return limit
 
 
 def build_store(cfg: Config) -> StateStore:
@@ -245,7 +258,9 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         encoder = build_worker_encoder(cfg)
         if hasattr(encoder, "close"):
             extra_closers.append(encoder)
-        leave_cores_to_encoder(encoder)
+        limit = leave_cores_to_encoder(encoder)
+        if limit is not None:
+            extra_closers.insert(0, limit)  # closed last, once the encoder has ended
     clusterer = build_clusterer(cfg, encoder)
     if cfg.clusterer.startswith("river:") and cfg.state_file:
         extra_closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))

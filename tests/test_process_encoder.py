@@ -188,7 +188,37 @@ def test_the_worker_leaves_the_cores_to_its_encoder_processes(pair: ProcessEncod
 
     with threadpool_limits(limits=2, user_api="blas"):  # restored when the block ends
         assert blas_threads() == {2}
-        assert not leave_cores_to_encoder(HashingEncoder(dim=16))
+        assert leave_cores_to_encoder(HashingEncoder(dim=16)) is None
         assert blas_threads() == {2}
-        assert leave_cores_to_encoder(pair)
-        assert blas_threads() == {1}
+        limit = leave_cores_to_encoder(pair)
+        assert limit is not None and blas_threads() == {1}
+        limit.close()
+        assert blas_threads() == {2}
+
+
+def test_a_built_worker_limits_blas_while_it_lives_and_restores_it_on_close(tmp_path: Path) -> None:
+    """build_worker sets the one-thread limit for its torch encoder's processes on the CPU, and
+    Built.close puts the process's BLAS threads back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from stream.sink import FileSink
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                           for i, t in enumerate(TEXTS[:10])))
+    cfg = Config(encoder="transformer", device="cpu", encoder_processes=1, batch_size=8,
+                 max_wait_ms=0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        built = build_worker(cfg, input_file=src, sink=FileSink(
+            str(tmp_path / "out.jsonl"), str(tmp_path / "ev.jsonl"), str(tmp_path / "dlq.jsonl")))
+        try:
+            assert isinstance(built.worker.encoder, ProcessEncoder)
+            assert blas_threads() == {1}
+            built.worker.run()
+        finally:
+            built.close()
+        assert blas_threads() == {2}
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 10
