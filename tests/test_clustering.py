@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stream.clustering import ClusterState, DenStream, OnlineKMeans, apply_delta
-from stream.clustering.base import Clusterer, decay_factor
+from stream.clustering.base import Clusterer, decay_factor, sum_rows_by
 
 CLUSTERERS = [
     lambda: OnlineKMeans(threshold=0.6, max_clusters=50),
@@ -127,6 +127,37 @@ def test_decay_halves_weight_per_half_life() -> None:
 def test_decay_factor() -> None:
     assert decay_factor(10, 10.0) == pytest.approx(0.5)
     assert decay_factor(10, None) == 1.0
+
+
+def sums_by_loop(labels: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    uniq = np.array(sorted(set(labels.tolist())), np.int64)
+    sums = np.array([X[labels == u].sum(axis=0) for u in uniq], np.float64).reshape(len(uniq), X.shape[1])
+    return uniq, sums, np.array([np.count_nonzero(labels == u) for u in uniq], np.int64)
+
+
+@pytest.mark.parametrize("n_labels, per_label", [
+    (50, 3),  # the membership product over the extra rows
+    (2100, 2),  # 2,100 labels x 2,100 extra rows: past the product's bound, np.add.reduceat
+    (400, 1),  # every label once: the first-row gather alone
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_rows_by_matches_a_loop(n_labels: int, per_label: int, dtype: type) -> None:
+    rng = np.random.default_rng(n_labels)
+    labels = rng.permutation(np.repeat(rng.choice(10 ** 6, n_labels, replace=False), per_label))
+    X = rng.normal(size=(labels.size, 5)).astype(dtype)
+    uniq, sums, counts = sum_rows_by(labels, X)
+    want = sums_by_loop(labels, X)
+    assert sums.dtype == np.float32 and counts.dtype == np.int64
+    np.testing.assert_array_equal(uniq, want[0])
+    np.testing.assert_allclose(sums, want[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(counts, want[2])
+
+
+def test_sum_rows_by_empty_and_mismatched_input() -> None:
+    uniq, sums, counts = sum_rows_by(np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
+    assert uniq.shape == (0,) and sums.shape == (0, 3) and counts.shape == (0,)
+    with pytest.raises(ValueError, match=r"labels.shape=\(2,\) should be \(3,\)"):
+        sum_rows_by(np.array([1, 2]), np.zeros((3, 4), np.float32))
 
 
 def test_constructor_validates() -> None:

@@ -305,8 +305,9 @@ def check_batch(X: np.ndarray, dim: int | None) -> np.ndarray:
 
 
 def sum_rows_by(labels: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum the rows of ``X`` per label: (unique labels, float32 sums, counts), without a
-    Python loop.
+    """Sum the rows of ``X`` per label: (the distinct labels in ascending order, their
+    float32 sums, their int64 counts), without a Python loop. ``labels`` holds one label per
+    row of ``X``.
 
     Each label's first row is copied and the other rows are added with one 0/1 membership
     product over those rows only (BLAS), so the cost follows the rows that share a label:
@@ -320,6 +321,8 @@ def sum_rows_by(labels: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ([3, 7], [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]], [1, 2])
     """
     labels = np.asarray(labels)
+    if labels.shape != (len(X),):
+        raise ValueError(f"labels.shape={labels.shape} should be ({len(X)},): one label per row of X")
     if labels.size == 0:
         return labels[:0], np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64)
     order = np.argsort(labels, kind="stable")
