@@ -42,6 +42,7 @@ _STAGE_SUM = re.compile(
 class ScaleRow:
     workers: int
     documents: int
+    measured_documents: int  # committed after the first commit: those over ``seconds``
     seconds: float
     docs_per_s: float
     commit_p50_ms: float | None
@@ -54,6 +55,11 @@ class ScaleRow:
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
         out["stage_ms_per_batch"] = {k: round(v, 3) for k, v in self.stage_ms_per_batch.items()}
         return out
+
+
+class ScaleError(RuntimeError):
+    """A scale run that could not be measured: a worker died, the run timed out, or the
+    documents were too few to leave a window after the first commit."""
 
 
 def commit_buckets(body: str) -> list[tuple[float, float]]:
@@ -190,10 +196,10 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
             if done >= n_docs:
                 break
             if any(p.poll() is not None for p, _ in procs):
-                raise RuntimeError(f"a worker exited early; see the logs in {logdir}")
+                raise ScaleError(f"a worker exited early; see the logs in {logdir}")
             time.sleep(0.02)
         else:
-            raise RuntimeError(f"{n_workers} workers did not finish {n_docs} documents in "
+            raise ScaleError(f"{n_workers} workers did not finish {n_docs} documents in "
                                f"{timeout_s:g} s; see the logs in {logdir}")
         at_last = scrape([port for _, port in procs])
         window = at_last.minus(at_first) if at_first is not None else at_last
@@ -210,10 +216,15 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
             except subprocess.TimeoutExpired:
                 p.kill()
     assert first is not None
+    if last[1] == first[1] or batches < 1:
+        raise ScaleError(f"all {n_docs} documents were committed by the first look at the "
+                         "state (nothing left to time after the first commit): give more "
+                         "documents")
     seconds = max(last[0] - first[0], 1e-9)
     merged = sorted(buckets.items())
     p50, p99 = histogram_quantile(0.5, merged), histogram_quantile(0.99, merged)
-    return ScaleRow(workers=n_workers, documents=n_docs, seconds=seconds,
+    return ScaleRow(workers=n_workers, documents=n_docs, measured_documents=last[1] - first[1],
+                    seconds=seconds,
                     docs_per_s=(last[1] - first[1]) / seconds,
                     commit_p50_ms=None if p50 is None else p50 * 1000,
                     commit_p99_ms=None if p99 is None else p99 * 1000,

@@ -425,7 +425,7 @@ def _bench_models(args: argparse.Namespace, cfg: Config, data: Any, path: Path) 
 
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
-    from stream.bench_scale import run_scale
+    from stream.bench_scale import ScaleError, run_scale
 
     cfg = _config(args, encoder="hashing", session_timeout_ms=6000)
     try:
@@ -455,7 +455,10 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
                 "encoder_precision": cfg.encoder_precision, "encode_ahead": cfg.encode_ahead,
                 "encoder_processes": cfg.encoder_processes, "clusterer": cfg.clusterer, "clusterer_params": cfg.clusterer_params,
                 "max_clusters": cfg.max_clusters, "session_timeout_ms": cfg.session_timeout_ms}
-    rows = run_scale(docs, counts, args.partitions, settings, args.timeout, args.keep_logs)
+    try:
+        rows = run_scale(docs, counts, args.partitions, settings, args.timeout, args.keep_logs)
+    except ScaleError as exc:
+        raise CliError(str(exc)) from exc
     print(f"bench scale: {args.docs} documents on {args.partitions} partitions, encoder "
           f"{cfg.encoder}, clusterer {cfg.clusterer}, batch_size {cfg.batch_size}; "
           f"{os.cpu_count()} CPU cores")
@@ -497,7 +500,7 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
         return _bench_model_speeds(args, cfg, texts[:args.limit] if args.limit else texts)
     pipeline = None
     if args.pipeline:
-        from stream.bench_scale import run_scale
+        from stream.bench_scale import ScaleError, run_scale
 
         def pipeline() -> tuple[float, float]:
             from stream.app import build_worker_encoder
@@ -509,7 +512,10 @@ def cmd_bench_encoder(args: argparse.Namespace) -> int:
                         "encode_batch_size": cfg.encode_batch_size,
                         "encode_max_tokens": cfg.encode_max_tokens, "batch_size": cfg.batch_size,
                         "encoder_processes": cfg.encoder_processes, "session_timeout_ms": 6000}
-            end_to_end = run_scale(docs, [1], 1, settings)[0].docs_per_s
+            try:
+                end_to_end = run_scale(docs, [1], 1, settings)[0].docs_per_s
+            except ScaleError as exc:
+                raise CliError(f"--pipeline: {exc}") from exc
             # the same encoder as the worker builds it, on the same texts, nothing else running
             enc = build_worker_encoder(dataclasses.replace(cfg, encoder="transformer"))
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.bench_scale import Scrape, run_scale
+from stream.bench_scale import ScaleError, Scrape, run_scale
 
 
 def test_a_scrape_minus_an_earlier_one_is_what_was_counted_in_between() -> None:
@@ -27,8 +27,20 @@ def test_one_worker_is_measured_from_its_first_commit() -> None:
     (row,) = run_scale(docs, [1], 1, settings, timeout_s=120)
     assert row.workers == 1 and row.documents == 1200
     assert row.docs_per_s > 0 and row.seconds > 0
-    assert 1 <= row.batches <= 11  # the batches after the first commit (12 in all)
+    # the window starts at the first commit: its documents and its batch are not in it
+    assert 0 < row.measured_documents < 1200
+    assert 1 <= row.batches <= row.measured_documents
+    assert row.docs_per_s == pytest.approx(row.measured_documents / row.seconds)
     assert {"poll", "cluster", "publish", "commit"} <= set(row.stage_ms_per_batch)
     # a join of a few seconds spread over 11 batches would be hundreds of ms a batch
     assert row.stage_ms_per_batch["poll"] < 200
     assert row.commit_p50_ms is not None and row.commit_p50_ms > 0
+
+
+@pytest.mark.integration
+def test_a_stream_done_at_the_first_commit_is_an_error_not_a_figure() -> None:
+    """One document: it is all committed in the first commit, so nothing is left to time."""
+    settings = {"encoder": "hashing", "batch_size": 100, "clusterer": "kmeans",
+                "session_timeout_ms": 6000}
+    with pytest.raises(ScaleError, match="all 1 documents were committed by the first look"):
+        run_scale([{"id": "d0", "text": "one story"}], [1], 1, settings, timeout_s=120)
