@@ -460,8 +460,9 @@ class DenStream(Clusterer):
         allocated row and cut to ``k`` columns: oneDNN compiles a kernel for each new shape
         (1-3 ms on first use, measured), and ``k`` takes a new value at every batch while the
         micro-clusters fill up and after every prune, so a fixed shape saves those builds for
-        the price of products with rows beyond ``k``, which only exist until the capacity is
-        reached."""
+        the price of products with rows beyond ``k``: while the micro-clusters first fill up,
+        after each prune until new ones fill the freed rows, and all along on a stream that
+        never fills the capacity (there the product costs what a full model's does)."""
         if self.precision != "bf16" or k == self._centres.shape[0]:
             return cross(X, self._centres[:k], self.precision)
         return np.ascontiguousarray(cross(X, self._centres, self.precision)[:, :k])
