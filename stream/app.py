@@ -242,7 +242,23 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                  replay_docs_per_s: float | None = None) -> Built:
     """A worker for ``cfg``: Kafka in and out, or ``input_file`` in (stamped at
     ``replay_docs_per_s`` when given, see :class:`~stream.source.FileSource`) and ``sink``
-    out."""
+    out. If building fails part way, what was already started (the store, encoder
+    processes, the BLAS limit, ...) is closed before the error goes up."""
+    closers: list[Any] = []
+    try:
+        return _assemble_worker(cfg, closers, input_file=input_file, sink=sink,
+                                metrics=metrics, encoder=encoder,
+                                replay_docs_per_s=replay_docs_per_s)
+    except BaseException:
+        Built(None, closers).close()
+        raise
+
+
+def _assemble_worker(cfg: Config, closers: list[Any], *, input_file: str | Path | None,
+                     sink: Any, metrics: Metrics | None, encoder: Encoder | None,
+                     replay_docs_per_s: float | None) -> Built:
+    """:func:`build_worker`'s body: each part that needs closing goes into ``closers`` as
+    soon as it exists, in the order :meth:`Built.close` closes in reverse."""
     from stream.drift import DriftMonitor
     from stream.topics import TopicTracker
     from stream.worker import Worker
@@ -253,17 +269,17 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                           "lives in one process and cannot be shared through Redis; run it without "
                           "redis_url (its signed model is saved beside state_file)")
     store = build_store(cfg)
-    extra_closers: list[Any] = []
+    closers.append(store)
     if encoder is None:
         encoder = build_worker_encoder(cfg)
-        if hasattr(encoder, "close"):
-            extra_closers.append(encoder)
         limit = leave_cores_to_encoder(encoder)
         if limit is not None:
-            extra_closers.insert(0, limit)  # closed last, once the encoder has ended
+            closers.append(limit)  # closed after the encoder has ended
+        if hasattr(encoder, "close"):
+            closers.append(encoder)
     clusterer = build_clusterer(cfg, encoder)
     if cfg.clusterer.startswith("river:") and cfg.state_file:
-        extra_closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))
+        closers.append(RiverModelFile(clusterer, Path(cfg.state_file + ".river")))
     common: dict[str, Any] = dict(
         encoder=encoder, clusterer=clusterer, store=store, rules=input_rules(cfg),
         model_name=f"{cfg.clusterer}/{encoder.name}", batch_size=cfg.batch_size,
@@ -279,10 +295,13 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
         stored = store.load_offsets([probe.tp]).get(probe.tp, 0)
         probe.close()
         file_source = FileSource(input_file, start=stored, replay_docs_per_s=replay_docs_per_s)
-        worker = Worker(source=file_source, sink=sink or FileSink("-"), **common)
+        closers.append(file_source)
+        file_sink = sink or FileSink("-")
+        closers.append(file_sink)
+        worker = Worker(source=file_source, sink=file_sink, **common)
         if stored:
             worker.expected[file_source.tp] = stored
-        return Built(worker, [store, *extra_closers, file_source, worker.sink])
+        return Built(worker, closers)
 
     from stream.sink import KafkaSink
     from stream.source import KafkaSource
@@ -302,8 +321,10 @@ def build_worker(cfg: Config, *, input_file: str | Path | None = None, sink: Any
                              max_poll_records=cfg.batch_size,
                              fetch_max_bytes=max(52428800, cfg.max_record_bytes * 2),
                              max_partition_fetch_bytes=max(1048576, cfg.max_record_bytes + 1024)))
+    closers.append(source)
     kafka_sink = sink or KafkaSink(cfg.assignments_topic, cfg.events_topic, cfg.dlq_topic,
                                    dict(kafka_cfg, max_request_size=max(1048576, cfg.max_record_bytes * 2)))
+    closers.insert(len(closers) - 1, kafka_sink)  # the source closes first, then the sink
     worker = Worker(source=source, sink=kafka_sink, on_committed=source.commit_to_kafka, **common)
     holder["w"] = worker
-    return Built(worker, [store, *extra_closers, kafka_sink, source])
+    return Built(worker, closers)

@@ -216,10 +216,14 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
             except subprocess.TimeoutExpired:
                 p.kill()
     assert first is not None
-    if last[1] == first[1] or batches < 1:
+    if last[1] == first[1]:
         raise ScaleError(f"all {n_docs} documents were committed by the first look at the "
                          "state (nothing left to time after the first commit): give more "
                          "documents")
+    if batches < 1:
+        raise ScaleError(f"the {last[1] - first[1]} documents after the first commit were "
+                         "committed before the workers' metrics were first read: nothing left "
+                         "to time; give more documents")
     seconds = max(last[0] - first[0], 1e-9)
     merged = sorted(buckets.items())
     p50, p99 = histogram_quantile(0.5, merged), histogram_quantile(0.99, merged)
@@ -241,16 +245,22 @@ def run_scale(docs: Sequence[dict[str, Any]], worker_counts: Sequence[int], part
 
     logdir = Path(tempfile.mkdtemp(prefix="topicstream-scale-"))
     rows: list[ScaleRow] = []
-    with start_tansu() as kafka, start_redis() as redis:
-        topic = f"scale-{uuid.uuid4().hex[:8]}"
-        produce_docs(kafka, topic, docs, partitions)
-        for n in worker_counts:
-            rows.append(run_workers(kafka, redis, topic, n, len(docs), settings, timeout_s, logdir))
-            log.info("%d workers: %.0f docs/s", n, rows[-1].docs_per_s)
-    if keep_logs:
-        print(f"worker logs in {logdir}", file=sys.stderr)
-    else:
-        for f in logdir.iterdir():
-            f.unlink()
-        os.rmdir(logdir)
+    failed = True
+    try:
+        with start_tansu() as kafka, start_redis() as redis:
+            topic = f"scale-{uuid.uuid4().hex[:8]}"
+            produce_docs(kafka, topic, docs, partitions)
+            for n in worker_counts:
+                rows.append(run_workers(kafka, redis, topic, n, len(docs), settings, timeout_s,
+                                        logdir))
+                log.info("%d workers: %.0f docs/s", n, rows[-1].docs_per_s)
+        failed = False
+    finally:
+        # the logs stay when asked for, and when a run failed (its error names the folder)
+        if keep_logs or (failed and any(logdir.iterdir())):
+            print(f"worker logs in {logdir}", file=sys.stderr)
+        else:
+            for f in logdir.iterdir():
+                f.unlink()
+            os.rmdir(logdir)
     return rows

@@ -3,6 +3,8 @@ commit and its last."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from stream.bench_scale import ScaleError, Scrape, run_scale
@@ -29,10 +31,12 @@ def test_one_worker_is_measured_from_its_first_commit() -> None:
     assert row.docs_per_s > 0 and row.seconds > 0
     # the window starts at the first commit: its documents and its batch are not in it
     assert 0 < row.measured_documents < 1200
-    assert 1 <= row.batches <= row.measured_documents
+    # batches of at most 100: at least that many batches (one fewer if a commit fell between
+    # the first look at the state and the first scrape), at most one per document
+    assert max(1, math.ceil(row.measured_documents / 100) - 1) <= row.batches <= row.measured_documents
     assert row.docs_per_s == pytest.approx(row.measured_documents / row.seconds)
     assert {"poll", "cluster", "publish", "commit"} <= set(row.stage_ms_per_batch)
-    # a join of a few seconds spread over 11 batches would be hundreds of ms a batch
+    # a join of a few seconds spread over the measured batches would be hundreds of ms a batch
     assert row.stage_ms_per_batch["poll"] < 200
     assert row.commit_p50_ms is not None and row.commit_p50_ms > 0
 

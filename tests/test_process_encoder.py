@@ -17,6 +17,7 @@ from encoders.hashing import HashingEncoder
 from encoders.process import EncoderProcessError, ProcessEncoder, available_cpus, cpu_plan
 from stream.app import Unreachable, build_worker, build_worker_encoder, leave_cores_to_encoder
 from stream.config import Config, ConfigError, load_config
+from stream.services import free_port
 
 TEXTS = [f"story {i % 7} about {w} number {i}" for i, w in
          enumerate(["ports", "rovers", "strikes", "elections", "storms"] * 13)]
@@ -222,3 +223,23 @@ def test_a_built_worker_limits_blas_while_it_lives_and_restores_it_on_close(tmp_
             built.close()
         assert blas_threads() == {2}
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 10
+
+
+def test_a_worker_that_fails_to_build_closes_its_encoder_and_blas_limit() -> None:
+    """No broker: build_worker fails after starting its encoder processes and setting the BLAS
+    limit; both are undone before the error goes up."""
+    import multiprocessing
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    cfg = Config(encoder="transformer", device="cpu", encoder_processes=1,
+                 brokers=f"127.0.0.1:{free_port()}")
+    before = set(multiprocessing.active_children())  # e.g. the module's `pair` fixture
+    with threadpool_limits(limits=2, user_api="blas"):
+        with pytest.raises(Unreachable):
+            build_worker(cfg)
+        assert blas_threads() == {2}
+    assert set(multiprocessing.active_children()) <= before

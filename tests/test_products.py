@@ -38,6 +38,24 @@ def test_bf16_rows_padded_to_the_step_stay_out_of_the_result(n: int) -> None:
     assert np.abs(S - X @ C.T).max() <= 2.0 ** -7
 
 
+def test_bf16_products_of_every_batch_size_take_a_few_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch size up to 256 reaches the product as one of 4 row counts (each builds its
+    oneDNN kernel once), not as 256."""
+    shapes: set[tuple[int, ...]] = set()
+    zeros = torch.zeros
+
+    def spy(*args: object, **kw: object) -> torch.Tensor:
+        t = zeros(*args, **kw)  # type: ignore[call-overload]
+        shapes.add(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(torch, "zeros", spy)
+    C = units(8, 16, 10)
+    for n in range(1, 257):
+        assert cross(units(n, 16, n), C, "bf16").shape == (n, 8)
+    assert {s[0] for s in shapes} == {64, 128, 192, 256}
+
+
 def test_bf16_keeps_the_callers_torch_threads() -> None:
     before = torch.get_num_threads()
     try:

@@ -322,7 +322,8 @@ def sum_rows_by(labels: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """
     labels = np.asarray(labels)
     if labels.shape != (len(X),):
-        raise ValueError(f"labels.shape={labels.shape} should be ({len(X)},): one label per row of X")
+        raise ValueError(f"labels.shape={labels.shape} should be ({len(X)},): "
+                         "one label per row of X")
     if labels.size == 0:
         return labels[:0], np.zeros((0, X.shape[1]), np.float32), np.zeros(0, np.int64)
     order = np.argsort(labels, kind="stable")

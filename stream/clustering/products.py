@@ -46,6 +46,16 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def padded_rows(n: int) -> int:
+    """The rows of the bfloat16 product for ``n`` rows of ``X``: ``n`` rounded up to a
+    multiple of :data:`ROW_STEP`.
+
+    >>> padded_rows(1), padded_rows(64), padded_rows(65), padded_rows(256)
+    (64, 64, 128, 256)
+    """
+    return -(-n // ROW_STEP) * ROW_STEP
+
+
 def cross(X: np.ndarray, C: np.ndarray, precision: str = "fp32") -> np.ndarray:
     """``X @ C.T`` as a float32 array, in ``precision`` (``fp32`` or ``bf16``).
 
@@ -62,7 +72,7 @@ def cross(X: np.ndarray, C: np.ndarray, precision: str = "fp32") -> np.ndarray:
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            a = torch.zeros((-(-n // ROW_STEP) * ROW_STEP, X.shape[1]), dtype=torch.bfloat16)
+            a = torch.zeros((padded_rows(n), X.shape[1]), dtype=torch.bfloat16)
             a[:n] = torch.from_numpy(np.ascontiguousarray(X))
             b = torch.from_numpy(np.ascontiguousarray(C)).to(torch.bfloat16)
             return (a @ b.T)[:n].float().numpy()
