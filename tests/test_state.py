@@ -48,13 +48,14 @@ def assert_same_state(a: ClusterState, b: ClusterState) -> None:
     assert a.n_docs == b.n_docs
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis-rows", "redis-delta"])
 def store(request, tmp_path: Path):
     if request.param == "memory":
         yield MemoryStore(half_life=50.0, snapshot_path=tmp_path / "state.npz")
     else:
         server: Service = request.getfixturevalue("redis_server")
-        s = RedisStore(server.url, model="t", half_life=50.0)
+        s = RedisStore(server.url, model="t", half_life=50.0,
+                       write_rows=request.param == "redis-rows")
         yield s
         s.close()
 
@@ -93,9 +94,14 @@ def test_ids_are_unique_across_calls(store) -> None:
     assert len(set(a.tolist()) | set(b.tolist())) == 5
 
 
-def test_redis_commit_is_apply_delta(redis_server: Service) -> None:
+WAYS = pytest.mark.parametrize("write_rows", [False, True], ids=["delta", "rows"])
+
+
+@WAYS
+def test_redis_commit_is_apply_delta(redis_server: Service, write_rows: bool) -> None:
     """The Lua script and apply_delta are one definition: same state, to float32 rounding."""
-    store = RedisStore(redis_server.url, model="lua", half_life=30.0)
+    store = RedisStore(redis_server.url, model=f"lua-{write_rows}", half_life=30.0,
+                       write_rows=write_rows)
     reference = ClusterState.empty(24)
     km = OnlineKMeans(threshold=0.7, half_life=30.0)
     km.set_id_allocator(store.allocate_ids)
@@ -104,6 +110,7 @@ def test_redis_commit_is_apply_delta(redis_server: Service) -> None:
         store.commit(res.delta, [OffsetMove(TP, NO_OFFSET if i == 0 else i * 64, (i + 1) * 64)])
         reference = apply_delta(reference, res.delta, 30.0)
     assert_same_state(store.load_state(), reference)
+    assert store.commits == ({"rows": 7, "delta": 1} if write_rows else {"rows": 0, "delta": 8})
 
 
 def test_redis_state_survives_a_restart_with_aof(redis_aof: Service) -> None:
@@ -160,9 +167,10 @@ def drifting(n_docs: int, size: int, dim: int, seed: int):
         yield (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
 
 
+@WAYS
 @pytest.mark.parametrize("kind", ["kmeans", "denstream"])
 def test_redis_commit_is_apply_delta_with_merges_and_removals(redis_server: Service,
-                                                              kind: str) -> None:
+                                                              kind: str, write_rows: bool) -> None:
     """Real clusterer deltas with frequent maintenance: merges (several into one dst),
     removals, and DenStream's relabel-only rows with zero sums; the store is compared with
     the apply_delta mirror after every commit."""
@@ -173,7 +181,8 @@ def test_redis_commit_is_apply_delta_with_merges_and_removals(redis_server: Serv
     else:
         denstream = pytest.importorskip("stream.clustering.denstream")
         model = denstream.DenStream(eps=0.12, mu=3.0, beta=0.5, half_life=hl, offline_every=10)
-    store = RedisStore(redis_server.url, model=f"lua-{kind}", half_life=hl)
+    store = RedisStore(redis_server.url, model=f"lua-{kind}-{write_rows}", half_life=hl,
+                       write_rows=write_rows)
     model.set_id_allocator(store.allocate_ids)
     mirror = ClusterState.empty(12)
     seen = {"merges": 0, "many_to_one": 0, "removed": 0, "relabel_only": 0}
@@ -197,6 +206,7 @@ def test_redis_commit_is_apply_delta_with_merges_and_removals(redis_server: Serv
         assert seen["merges"] > 0 and seen["many_to_one"] > 0
     else:
         assert seen["relabel_only"] > 0
+    assert store.commits["rows"] == (59 if write_rows else 0)
     store.close()
 
 
@@ -218,9 +228,11 @@ def hand_delta(dim: int, n_docs: int, rows: dict[int, tuple[float, int, int]] | 
     )
 
 
+@WAYS
 @pytest.mark.parametrize("half_life", [None, 25.0])
 def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
-                                                         half_life: float | None) -> None:
+                                                         half_life: float | None,
+                                                         write_rows: bool) -> None:
     """The corner cases: shared labels (several rows of one public cluster), relabel-only
     rows with zero sums, many-to-one merges, a chain, merges naming missing, removed or the
     same id, removals of absent ids, and a delta that is only maintenance (no documents)."""
@@ -244,7 +256,8 @@ def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
         hand_delta(dim, 9, {8: (6.0, 6, 8), 9: (3.0, 3, 8), 10: (1.0, 1, 10), 7: (1.0, 1, 7),
                             11: (2.0, 2, 11)}, merges=[(10, 8), (7, 8)], removed=[11], seed=4),
     ]
-    store = RedisStore(redis_server.url, model=f"hand-{half_life}", half_life=half_life)
+    store = RedisStore(redis_server.url, model=f"hand-{half_life}-{write_rows}",
+                       half_life=half_life, write_rows=write_rows)
     mirror = ClusterState.empty(dim)
     for i, d in enumerate(deltas):
         store.commit(d, [OffsetMove(TP, NO_OFFSET if i == 0 else i, i + 1)])
@@ -253,7 +266,69 @@ def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
     assert mirror.ids.tolist() == [8, 9]
     assert mirror.row_labels.tolist() == [8, 8]
     assert mirror.created_t.tolist() == [20.0, 39.0]
+    assert store.commits["rows"] == (4 if write_rows else 0)
     store.close()
+
+
+def test_two_writers_fall_back_to_the_delta_way_and_lose_nothing(redis_server: Service) -> None:
+    """Two workers of one model commit in turns: each finds the model moved past its
+    mirror (the rows way answers stale and writes nothing), so each batch goes as a delta;
+    the stored model is every delta applied in commit order after every commit. A writer
+    left alone reads the model again and goes back to the rows way."""
+    hl = 40.0
+    a = RedisStore(redis_server.url, model="two", half_life=hl)
+    b = RedisStore(redis_server.url, model="two", half_life=hl)
+    models = {}
+    for name, store in (("a", a), ("b", b)):
+        models[name] = OnlineKMeans(threshold=0.8, half_life=hl)
+        models[name].set_id_allocator(store.allocate_ids)
+    tps = {"a": TopicPartition("in", 0), "b": TopicPartition("in", 1)}
+    offsets = {"a": NO_OFFSET, "b": NO_OFFSET}
+    mirror = ClusterState.empty(12)
+    order = ["a", "b"] * 4 + ["a"] * 3
+    for name, X in zip(order, drifting(50 * len(order), 50, 12, seed=3), strict=True):
+        store = a if name == "a" else b
+        d = models[name].learn_predict(X).delta
+        new = (offsets[name] if offsets[name] >= 0 else 0) + len(X)
+        store.commit(d, [OffsetMove(tps[name], offsets[name], new)])
+        offsets[name] = new
+        mirror = apply_delta(mirror, d, hl)
+        assert_store_is_mirror(a.load_state(), mirror)
+    # a: the first commit (delta, then the model is read), three stale tries in turns
+    # (delta), two alone (delta: b had committed in between; then alone, so it reads the
+    # model), then one by rows. b: all four by deltas.
+    assert a.commits == {"rows": 1, "delta": 6}
+    assert b.commits == {"rows": 0, "delta": 4}
+    a.close()
+    b.close()
+
+
+def test_a_replaced_model_is_never_written_over(redis_server: Service) -> None:
+    """An import that replaces the model, even at the very version a writer's mirror holds,
+    makes that writer's next batch go as a delta onto the imported model."""
+    hl = 40.0
+    writer = RedisStore(redis_server.url, model="swap", half_life=hl)
+    km = OnlineKMeans(threshold=0.8, half_life=hl)
+    km.set_id_allocator(writer.allocate_ids)
+    data = list(drifting(300, 50, 12, seed=5))
+    for i, X in enumerate(data[:3]):
+        writer.commit(km.learn_predict(X).delta,
+                      [OffsetMove(TP, NO_OFFSET if i == 0 else 50 * i, 50 * (i + 1))])
+    assert writer.commits == {"rows": 2, "delta": 1}
+    held = writer.load_state()
+    assert held is not None and held.version == 3
+    other = OnlineKMeans(threshold=0.8, half_life=hl)
+    for X in data[3:5]:
+        other.learn_predict(X)
+    imported = other.snapshot()
+    imported.version = held.version  # the same version, another model
+    RedisStore(redis_server.url, model="swap", half_life=hl).import_state(
+        imported, None, None, force=True)
+    d = km.learn_predict(data[5]).delta
+    writer.commit(d, [OffsetMove(TP, 150, 200)])
+    assert writer.commits == {"rows": 2, "delta": 2}
+    assert_store_is_mirror(writer.load_state(), apply_delta(imported, d, hl))
+    writer.close()
 
 
 def test_maintenance_lease_has_one_holder_and_passes_on(redis_server: Service) -> None:

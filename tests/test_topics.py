@@ -167,11 +167,15 @@ def random_deltas(rng: random.Random, tracker: TopicTracker, n_batches: int):
     return out
 
 
-def test_redis_commit_is_apply_topic_delta(redis_server: Service) -> None:
+@pytest.mark.parametrize("write_rows", [False, True], ids=["delta", "rows"])
+def test_redis_commit_is_apply_topic_delta(redis_server: Service, write_rows: bool) -> None:
+    """Either way of the commit (Redis adds the delta in Lua, or stores the cards the
+    store computed) leaves the cards apply_topic_delta gives."""
     p = TopicParams(keyword_capacity=5, vocabulary_capacity=12, n_exemplars=2, half_life=50.0,
                     bucket_s=60.0, min_count=3, alpha=0.3)
     tracker = TopicTracker(p)
-    store = RedisStore(redis_server.url, model="topics", half_life=50.0, topic_params=p)
+    store = RedisStore(redis_server.url, model=f"topics-{write_rows}", half_life=50.0,
+                       topic_params=p, write_rows=write_rows)
     mirror = TopicState()
     tp = TopicPartition("in", 0)
     offset, t = -1, 0
@@ -184,6 +188,7 @@ def test_redis_commit_is_apply_topic_delta(redis_server: Service) -> None:
         mirror = apply_topic_delta(mirror, delta, t, p)
     stored = store.load_topics()
     store.close()
+    assert store.commits["rows"] == (39 if write_rows else 0)  # all but the first
     assert stored is not None
     assert mirror.to_json() == tracker.state.to_json()  # the replica is the mirror
     assert set(stored.cards) == set(mirror.cards)

@@ -252,4 +252,8 @@ for _ = 1, n_moves do
   i = i + 3
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if version == 1 then  -- a new model: its epoch (see write_rows.lua)
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'epoch', now[1] .. '.' .. now[2])
+end
 return {'ok', version, t}
