@@ -50,11 +50,20 @@ class ScaleRow:
     batches: int
     peak_rss_mb: float
     stage_ms_per_batch: dict[str, float]
+    # redis-server's CPU time (user + system, from INFO) over the window, per batch: the one
+    # thread that every worker of the model commits through
+    redis_cpu_ms_per_batch: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
         out["stage_ms_per_batch"] = {k: round(v, 3) for k, v in self.stage_ms_per_batch.items()}
         return out
+
+
+def redis_cpu_s(client: Any) -> float:
+    """redis-server's CPU seconds so far (user + system, its INFO cpu section)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class ScaleError(RuntimeError):
@@ -184,6 +193,7 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
     deadline = time.monotonic() + timeout_s
     try:
         at_first: Scrape | None = None
+        cpu_first = 0.0
         while time.monotonic() < deadline:
             state = store.r.hget(store.keys["meta"], "n_docs")
             done = int(state or 0)
@@ -191,6 +201,7 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
             if done and first is None:
                 first = (now, done)
                 at_first = scrape([port for _, port in procs])
+                cpu_first = redis_cpu_s(store.r)
             if done != last[1]:
                 last = (now, done)
             if done >= n_docs:
@@ -202,6 +213,7 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
             raise ScaleError(f"{n_workers} workers did not finish {n_docs} documents in "
                                f"{timeout_s:g} s; see the logs in {logdir}")
         at_last = scrape([port for _, port in procs])
+        redis_cpu = redis_cpu_s(store.r) - cpu_first
         window = at_last.minus(at_first) if at_first is not None else at_last
         buckets, stage_s, batches = window.buckets, window.stage_s, window.batches
         rss = max(peak_rss_mb(p.pid) for p, _ in procs)
@@ -233,7 +245,8 @@ def run_workers(kafka: Service, redis: Service, topic: str, n_workers: int, n_do
                     commit_p50_ms=None if p50 is None else p50 * 1000,
                     commit_p99_ms=None if p99 is None else p99 * 1000,
                     batches=batches, peak_rss_mb=rss,
-                    stage_ms_per_batch={k: v * 1000 / max(batches, 1) for k, v in stage_s.items()})
+                    stage_ms_per_batch={k: v * 1000 / max(batches, 1) for k, v in stage_s.items()},
+                    redis_cpu_ms_per_batch=redis_cpu * 1000 / max(batches, 1))
 
 
 def run_scale(docs: Sequence[dict[str, Any]], worker_counts: Sequence[int], partitions: int,

@@ -463,12 +463,14 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
           f"{cfg.encoder}, clusterer {cfg.clusterer}, batch_size {cfg.batch_size}; "
           f"{os.cpu_count()} CPU cores")
     print(f"  {'workers':>7} {'docs/s':>9} {'seconds':>8} {'batches':>8} {'commit p50':>11} "
-          f"{'commit p99':>11} {'peak RSS':>9}")
+          f"{'commit p99':>11} {'Redis CPU':>10} {'peak RSS':>9}")
     base = rows[0].docs_per_s if rows else 0.0
     for r in rows:
         print(f"  {r.workers:>7} {r.docs_per_s:>9,.0f} {r.seconds:>8.2f} {r.batches:>8} "
               f"{_fmt(r.commit_p50_ms, '.2f'):>8} ms {_fmt(r.commit_p99_ms, '.2f'):>8} ms "
+              f"{_fmt(r.redis_cpu_ms_per_batch, '.2f'):>7} ms "
               f"{r.peak_rss_mb:>6.0f} MB   x{r.docs_per_s / max(base, 1e-9):.2f}")
+    print("  (Redis CPU: redis-server's CPU time over the window, per batch)")
     print("  mean milliseconds per batch and worker, by stage:")
     for r in rows:
         print(f"  {r.workers:>7}  " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_ms_per_batch.items()))

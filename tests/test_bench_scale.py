@@ -39,6 +39,8 @@ def test_one_worker_is_measured_from_its_first_commit() -> None:
     # a join of a few seconds spread over the measured batches would be hundreds of ms a batch
     assert row.stage_ms_per_batch["poll"] < 200
     assert row.commit_p50_ms is not None and row.commit_p50_ms > 0
+    # every batch is a commit script in Redis: its CPU time is counted, and is not seconds
+    assert row.redis_cpu_ms_per_batch is not None and 0 < row.redis_cpu_ms_per_batch < 1000
 
 
 @pytest.mark.integration
