@@ -281,6 +281,13 @@ class RedisStore:
         board): field -> (stored JSON, parsed card). A card whose stored JSON is byte for
         byte the cached one is not parsed again (a batch changes a few cards of thousands),
         and the cache is updated in place to the cards read."""
+        meta, clusters, next_id, topics, offsets = self._read_model(offsets=True)
+        return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics, cards),
+                             _parse_offsets(offsets))
+
+    def _read_model(self, offsets: bool) -> list[Any]:
+        """The raw ``meta``, ``clusters``, ``next_id``, ``topics`` (and ``offsets``) in one
+        MULTI/EXEC."""
         k = self.keys
         try:
             with self.r.pipeline(transaction=True) as p:
@@ -288,12 +295,11 @@ class RedisStore:
                 p.hgetall(k["clusters"])
                 p.get(k["next_id"])
                 p.hgetall(k["topics"])
-                p.hgetall(k["offsets"])
-                meta, clusters, next_id, topics, offsets = p.execute()
+                if offsets:
+                    p.hgetall(k["offsets"])
+                return list(p.execute())
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return StoreSnapshot(_parse_state(meta, clusters, next_id), _parse_topics(topics, cards),
-                             _parse_offsets(offsets))
 
     def import_state(self, state: ClusterState, topics: TopicState | None,
                      offsets: dict[str, int] | None, *, force: bool = False) -> None:
@@ -364,16 +370,7 @@ class RedisStore:
 
     def read_mirror(self) -> Mirror:
         """The whole model as stored, read in one transaction (rows, cards, version)."""
-        k = self.keys
-        try:
-            with self.r.pipeline(transaction=True) as p:
-                p.hgetall(k["meta"])
-                p.hgetall(k["clusters"])
-                p.get(k["next_id"])
-                p.hgetall(k["topics"])
-                meta, clusters, next_id, topics = p.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        meta, clusters, next_id, topics = self._read_model(offsets=False)
         state = _parse_state(meta, clusters, next_id)
         version = state.version if state is not None else 0  # (an empty state is falsy)
         return Mirror(state, _parse_topics(topics), f"{version}/{_text(meta.get(b'epoch', b''))}")
