@@ -270,6 +270,25 @@ def test_redis_commit_is_apply_delta_on_hand_made_deltas(redis_server: Service,
     store.close()
 
 
+@WAYS
+def test_a_batch_of_another_width_is_refused_and_writes_nothing(redis_server: Service,
+                                                                write_rows: bool) -> None:
+    """Either way, a batch whose vectors are wider than the model's is refused (a model's
+    encoder cannot change) and leaves the model, offsets included, as it was."""
+    store = RedisStore(redis_server.url, model=f"dim-{write_rows}", half_life=None,
+                       write_rows=write_rows)
+    for i in range(3):
+        store.commit(hand_delta(5, 4, {i: (4.0, 4, i)}, seed=i),
+                     [OffsetMove(TP, NO_OFFSET if i == 0 else 4 * i, 4 * (i + 1))])
+    before = store.load_state()
+    with pytest.raises(ValueError, match="dim=5, this batch has dim=6"):
+        store.commit(hand_delta(6, 4, {9: (4.0, 4, 9)}), [OffsetMove(TP, 12, 16)])
+    assert_store_is_mirror(store.load_state(), before)
+    assert store.load_offsets([TP]) == {TP: 12}
+    assert store.commits["rows"] == (2 if write_rows else 0)
+    store.close()
+
+
 def test_two_writers_fall_back_to_the_delta_way_and_lose_nothing(redis_server: Service) -> None:
     """Two workers of one model commit in turns: each finds the model moved past its
     mirror (the rows way answers stale and writes nothing), so each batch goes as a delta;

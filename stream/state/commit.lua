@@ -9,24 +9,14 @@
 -- A record (stored or delta) is '<ddddd' weight, count, last_t, created_t, label, then dim
 -- float32. The arithmetic is stream.clustering.base.apply_delta's, then
 -- stream.topics.apply_topic_delta's, step for step; tests hold them together.
+-- Runs after batch.lua (refused_move, refused_dim, count_docs, finish).
 local n = tonumber(ARGV[1])
 local hl = tonumber(ARGV[2])
 local dim = tonumber(ARGV[3])
-local n_moves = tonumber(ARGV[4])
-local i = 5
-for _ = 1, n_moves do
-  local found = redis.call('HGET', KEYS[2], ARGV[i]) or '-1'
-  if found ~= ARGV[i + 1] then
-    return {'rejected', ARGV[i], found}
-  end
-  i = i + 3
-end
-local stored_dim = redis.call('HGET', KEYS[1], 'dim')
-if stored_dim and tonumber(stored_dim) ~= dim then
-  return {'bad_dim', stored_dim}
-end
-local t = redis.call('HINCRBY', KEYS[1], 'n_docs', n)
-redis.call('HSET', KEYS[1], 'dim', dim)
+local refusal = refused_move() or refused_dim(dim)
+if refusal then return refusal end
+local t = count_docs(n, dim)
+local i = 5 + 3 * tonumber(ARGV[4])
 local head = 40
 local size = head + 4 * dim
 local vfmt = '<' .. string.rep('f', dim)
@@ -246,14 +236,4 @@ if topics_json and topics_json ~= '' then
   end
 end
 
-i = 5
-for _ = 1, n_moves do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  i = i + 3
-end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-if version == 1 then  -- a new model: its epoch (see write_rows.lua)
-  local now = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'epoch', now[1] .. '.' .. now[2])
-end
-return {'ok', version, t}
+return {'ok', finish(), t}

@@ -1,37 +1,30 @@
 -- One atomic commit of a batch whose rows were computed by the worker: compare-and-set on
--- the offsets, then on the model version, then plain writes (no arithmetic here).
+-- the offsets, then on the model's stamp, then plain writes (no arithmetic here). Runs
+-- after batch.lua (refused_move, refused_dim, count_docs, finish).
 -- KEYS[1] meta hash, KEYS[2] offsets hash, KEYS[3] clusters hash, KEYS[4] topics hash
--- ARGV: expected stamp ('<version>/<epoch>' of meta: see below), n_docs_in_batch, dim, n_moves, n_moves x (field, expected, new),
---       m, m x cluster id, records blob (m records, stream.state.redis_store.record_dtype),
---       n_gone, n_gone x cluster id, all-clusters card JSON ('' = topics unchanged),
---       n_cards, n_cards x (cluster id, card JSON), n_gone_cards, n_gone_cards x cluster id
+-- ARGV: expected stamp ('<version>/<epoch>' of meta: see below), n_docs_in_batch, dim,
+--       n_moves, n_moves x (field, expected, new), m, m x cluster id, records blob (m
+--       records, stream.state.redis_store.record_dtype), n_gone, n_gone x cluster id,
+--       all-clusters card JSON ('' = topics unchanged), n_cards, n_cards x (cluster id,
+--       card JSON), n_gone_cards, n_gone_cards x cluster id
 -- Returns {'rejected', field, found} (another worker moved a partition: nothing written),
 -- {'stale', stamp} (the model moved past the version the rows were computed from, or was
 -- replaced: nothing written; send the delta through commit.lua instead), {'bad_dim', dim}
--- or {'ok', version, n_docs, epoch}. The epoch is set when a model is created (here, in
--- commit.lua, or by an import), so a model deleted and grown again to the same version
--- does not pass for the one the rows were computed from.
-local n_moves = tonumber(ARGV[4])
-local i = 5
-for _ = 1, n_moves do
-  local found = redis.call('HGET', KEYS[2], ARGV[i]) or '-1'
-  if found ~= ARGV[i + 1] then
-    return {'rejected', ARGV[i], found}
-  end
-  i = i + 3
-end
+-- or {'ok', version, n_docs, epoch}. The epoch is set when a model is created (by either
+-- script, or by an import), so a model deleted and grown again to the same version does
+-- not pass for the one the rows were computed from.
+local refusal = refused_move()
+if refusal then return refusal end
 local stamp = (redis.call('HGET', KEYS[1], 'version') or '0') .. '/' ..
   (redis.call('HGET', KEYS[1], 'epoch') or '')
 if stamp ~= ARGV[1] then
   return {'stale', stamp}
 end
 local dim = tonumber(ARGV[3])
-local stored_dim = redis.call('HGET', KEYS[1], 'dim')
-if stored_dim and tonumber(stored_dim) ~= dim then
-  return {'bad_dim', stored_dim}
-end
-local t = redis.call('HINCRBY', KEYS[1], 'n_docs', tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'dim', dim)
+refusal = refused_dim(dim)
+if refusal then return refusal end
+local t = count_docs(tonumber(ARGV[2]), dim)
+local i = 5 + 3 * tonumber(ARGV[4])
 
 local size = 40 + 4 * dim
 local m = tonumber(ARGV[i])
@@ -65,14 +58,5 @@ for _ = 1, n_gone_cards do
   k = k + 1
 end
 
-i = 5
-for _ = 1, n_moves do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  i = i + 3
-end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-if version == 1 then
-  local now = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'epoch', now[1] .. '.' .. now[2])
-end
+local version = finish()
 return {'ok', version, t, redis.call('HGET', KEYS[1], 'epoch') or ''}
