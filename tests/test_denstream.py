@@ -217,6 +217,46 @@ def test_bf16_product_gives_the_fp32_clusters() -> None:
     assert (a == b).mean() >= 0.99
 
 
+def test_int8_products_give_the_fp32_clusters() -> None:
+    """With every product of the step in int8 (similarities within about 2**-8), a stream
+    of separated topics gets the micro-clusters and labels of the float32 products."""
+    X = blobs(2000, 20, dim=64, noise=0.3, seed=6)
+    runs = []
+    for precision in ("fp32", "int8"):
+        ds = DenStream(eps=0.15, half_life=1000.0, precision=precision)
+        ids = np.concatenate([ds.learn_predict(X[i:i + 200]).cluster_ids
+                              for i in range(0, len(X), 200)])
+        runs.append((ids, ds.n_micro_clusters))
+    (a, ka), (b, kb) = runs
+    assert ka == kb
+    assert (a == b).mean() >= 0.99
+
+
+def test_int8_centres_stay_in_step_through_prunes_evictions_and_restore() -> None:
+    """The int8 copy of the centres is the quantised float32 centres after every batch: rows
+    updated, relabelled, evicted for new ones, pruned, and after a restore."""
+    from stream.clustering.products import quantise
+
+    def check(ds: DenStream) -> None:
+        assert ds._int8 is not None
+        k = ds.n_micro_clusters
+        q, scale = quantise(ds._centres[:k])
+        np.testing.assert_array_equal(ds._int8.q[:k], q)
+        np.testing.assert_array_equal(ds._int8.scale[:k], scale)
+
+    X = blobs(3000, 60, dim=32, noise=0.5, seed=9)
+    ds = DenStream(eps=0.15, half_life=300.0, max_micro_clusters=40, precision="int8")
+    removed, fullest = 0, 0
+    for i in range(0, len(X), 150):
+        removed += ds.learn_predict(X[i:i + 150]).delta.removed.size
+        fullest = max(fullest, ds.n_micro_clusters)
+        check(ds)
+    assert removed > 0 and fullest == 40  # rows were removed, and the capacity reached
+    again = DenStream(eps=0.15, half_life=300.0, max_micro_clusters=40, precision="int8")
+    again.restore(ds.snapshot())
+    check(again)
+
+
 def test_bf16_product_with_every_row_is_cut_to_the_micro_clusters(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """While the micro-clusters fill up, the bf16 product is taken with every allocated row

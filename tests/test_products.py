@@ -1,4 +1,4 @@
-"""The product of a batch with the centres, in float32 and in bfloat16."""
+"""The product of a batch with the centres, in float32, bfloat16 and int8."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.transformer import cpu_has_bf16
-from stream.clustering.products import ROW_STEP, cross, resolve_precision
+from stream.clustering.products import (
+    INT8_FLAGS,
+    ROW_STEP,
+    Int8Rows,
+    cpu_flags,
+    cross,
+    cross_int8,
+    quantise,
+    resolve_precision,
+)
 
 
 def units(n: int, d: int, seed: int) -> np.ndarray:
@@ -72,7 +80,72 @@ def test_empty_operands() -> None:
 
 
 def test_auto_follows_the_cpu() -> None:
-    assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
-    assert resolve_precision("bf16") == "bf16"
-    with pytest.raises(ValueError, match="precision='int8' should be one of auto, fp32, bf16"):
-        resolve_precision("int8")
+    """int8 where the CPU has int8 dot-product instructions, else float32; never bf16
+    (not faster without AMX, measured)."""
+    assert resolve_precision("auto") == ("int8" if cpu_flags() & INT8_FLAGS else "fp32")
+    for precision in ("fp32", "bf16", "int8"):
+        assert resolve_precision(precision) == precision
+    with pytest.raises(ValueError, match="precision='int4' should be one of auto, fp32, bf16, int8"):
+        resolve_precision("int4")
+
+
+def test_quantise_round_trips_within_half_a_step() -> None:
+    A = units(300, 896, 11)
+    A[7] = 0.0  # a zero row
+    q, scale = quantise(A)
+    assert q.dtype == np.int8 and scale.dtype == np.float32
+    assert np.abs(q).max() == 127
+    back = q.astype(np.float32) * scale[:, None]
+    assert (np.abs(back - A) <= scale[:, None] / 2 + 1e-7).all()
+    assert not q[7].any()
+    # each row's largest entry is exactly +-127 steps
+    assert (np.abs(q[np.arange(300) != 7]).max(axis=1) == 127).all()
+
+
+def test_int8_is_within_its_rounding_of_fp32() -> None:
+    X, C = units(256, 896, 12), units(300, 896, 13)
+    C[:5] = X[:5]  # some pairs near 1
+    exact = X @ C.T
+    S = cross(X, C, "int8")
+    assert S.dtype == np.float32 and S.shape == (256, 300)
+    assert np.abs(S - exact).max() <= 2.0 ** -7
+    assert np.abs(S - exact).std() <= 1e-3
+    assert not np.array_equal(S, exact)  # rounded: not the float32 product under another name
+    np.testing.assert_array_equal(S, cross_int8(X, *quantise(C)))
+
+
+def test_int8_rows_kept_in_step_give_the_product_of_their_rows() -> None:
+    """Rows set, overwritten and compacted: the held copy is always the quantised rows, and
+    its products are those of quantising them afresh."""
+    C = units(40, 64, 14)
+    rows = Int8Rows(capacity=50, dim=64)
+    rows.set(np.arange(40), C)
+    C[[3, 9]] = units(2, 64, 15)
+    rows.set(np.array([3, 9]), C[[3, 9]])
+    keep = np.array([0, 3, 9, 20, 39])
+    rows.keep(keep)
+    C = C[keep]
+    q, scale = quantise(C)
+    np.testing.assert_array_equal(rows.q[:5], q)
+    np.testing.assert_array_equal(rows.scale[:5], scale)
+    X = units(7, 64, 16)
+    np.testing.assert_array_equal(rows.cross(X, 5), cross_int8(X, q, scale))
+    np.testing.assert_array_equal(rows.cross_quantised(*quantise(X), 5), rows.cross(X, 5))
+    S = rows.cross_rows(np.array([1, 2]), np.array([0, 4]))
+    np.testing.assert_allclose(S, C[[1, 2]] @ C[[0, 4]].T, atol=2.0 ** -7)
+
+
+def test_int8_keeps_the_callers_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cross(units(8, 16, 4), units(8, 16, 5), "int8")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int8_empty_operands() -> None:
+    assert cross(np.zeros((0, 4), np.float32), units(3, 4, 6), "int8").shape == (0, 3)
+    assert cross(units(3, 4, 7), np.zeros((0, 4), np.float32), "int8").shape == (3, 0)
+    assert Int8Rows(4, 4).cross(units(2, 4, 8), 0).shape == (2, 0)
