@@ -521,14 +521,18 @@ class DenStream(Clusterer):
         cap = max(size, 1)
         dots = np.zeros((cap, m), np.float32)
         inv_norms = np.ones(cap, np.float32)  # 1 / norm of each group's sum
-        norm = np.zeros(cap, np.float64)
-        counts = np.zeros(cap, np.int64)  # documents of each group (no decay within a batch)
+        # per group, as Python numbers (read one at a time): the norm of its sum, its
+        # documents (no decay within a batch); the bound of each group of two or more
+        norm: list[float] = []
+        counts: list[int] = []
+        reach: dict[int, float] = {}
+        sq = diag.tolist()
         eps, lim, top = self.eps, 1.0 - self.eps, float(diag.max())
         margin = 1e-4  # covers float32 rounding of the sums' dot products
-        reach = np.full(cap, np.inf)  # bound of each group of two or more documents
         single = (4.0 * lim * lim - 2.0 * top) / 2.0 - margin  # bound of any one-document group
         root = np.sqrt(np.maximum(diag, 1e-24))  # the norm of each document's own group
         inv_root = 1.0 / root
+        roots = root.tolist()
         bound = single
         cand = np.flatnonzero(earlier >= bound).tolist()  # the documents that may join a group
         n_groups = 0
@@ -538,12 +542,11 @@ class DenStream(Clusterer):
             stop = cand[p] if p < len(cand) else m
             opened = min(stop - i, size - n_groups)  # documents before `stop` open groups
             if opened > 0:
-                g = slice(n_groups, n_groups + opened)
                 group[i:i + opened] = np.arange(n_groups, n_groups + opened)
-                dots[g] = gram[i:i + opened]  # columns up to each opener are never read
-                norm[g] = root[i:i + opened]
-                inv_norms[g] = inv_root[i:i + opened]
-                counts[g] = 1
+                dots[n_groups:n_groups + opened] = gram[i:i + opened]  # columns up to each
+                inv_norms[n_groups:n_groups + opened] = inv_root[i:i + opened]  # opener unread
+                norm += roots[i:i + opened]
+                counts += [1] * opened
                 n_groups += opened
             if stop == m:
                 break
@@ -551,9 +554,8 @@ class DenStream(Clusterer):
             if n_groups:
                 row = dots[:n_groups, i]
                 j = int((row * inv_norms[:n_groups]).argmax())
-                c = int(counts[j])
-                nj = float(norm[j])
-                grown = math.sqrt(max(nj * nj + 2.0 * float(row[j]) + diag[i], 1e-24))
+                c, nj = counts[j], norm[j]
+                grown = math.sqrt(max(nj * nj + 2.0 * float(row[j]) + sq[i], 1e-24))
                 if 1.0 - grown / (c + 1.0) <= eps:  # the radius test of _fits
                     group[i] = j
                     norm[j] = grown
@@ -561,7 +563,7 @@ class DenStream(Clusterer):
                     counts[j] = c + 1
                     dots[j, i + 1:] += gram[i, i + 1:]
                     reach[j] = ((lim * (c + 2)) ** 2 - grown * grown - top) / (2.0 * (c + 1)) - margin
-                    lowest = min(single, float(reach[:n_groups].min()))
+                    lowest = min(single, min(reach.values()))
                     if lowest != bound:
                         bound = lowest
                         cand = np.flatnonzero(earlier >= bound).tolist()
@@ -570,9 +572,9 @@ class DenStream(Clusterer):
             if n_groups < size:
                 group[i] = n_groups
                 dots[n_groups] = gram[i]
-                norm[n_groups] = root[i]
                 inv_norms[n_groups] = inv_root[i]
-                counts[n_groups] = 1
+                norm.append(roots[i])
+                counts.append(1)
                 n_groups += 1
             i += 1
         return group
