@@ -149,3 +149,14 @@ def test_int8_empty_operands() -> None:
     assert cross(np.zeros((0, 4), np.float32), units(3, 4, 6), "int8").shape == (0, 3)
     assert cross(units(3, 4, 7), np.zeros((0, 4), np.float32), "int8").shape == (3, 0)
     assert Int8Rows(4, 4).cross(units(2, 4, 8), 0).shape == (2, 0)
+
+
+def test_int8_without_torchs_int8_product_is_refused_and_auto_falls_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.clustering import products
+
+    assert products.has_int8_product()  # the pinned torch has it on this CPU
+    monkeypatch.setattr(products, "has_int8_product", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    with pytest.raises(ValueError, match="precision='int8' needs torch._int_mm"):
+        resolve_precision("int8")

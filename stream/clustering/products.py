@@ -28,6 +28,8 @@ vectors). Measured on a 2-core AMD EPYC (AVX512-VNNI and AVX512-BF16, no AMX), 2
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -70,18 +72,24 @@ def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} should be one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "int8" if cpu_flags() & INT8_FLAGS and hasint8_product() else "fp32"
-    if precision == "int8" and not hasint8_product():
+        return "int8" if cpu_flags() & INT8_FLAGS and has_int8_product() else "fp32"
+    if precision == "int8" and not has_int8_product():
         raise ValueError("precision='int8' needs torch._int_mm, which this torch lacks: "
                          "use 'fp32'")
     return precision
 
 
-def hasint8_product() -> bool:
-    """Whether torch has its int8 matrix product (``torch._int_mm``) on the CPU."""
+@functools.cache
+def has_int8_product() -> bool:
+    """Whether torch's int8 matrix product (``torch._int_mm``, a private function) exists
+    and runs on the CPU here: tried once on a tiny product, and the answer kept."""
     import torch
 
-    return hasattr(torch, "_int_mm")
+    try:
+        a = torch.ones((2, 8), dtype=torch.int8)
+        return int(torch._int_mm(a, a.T)[0, 0]) == 8
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def padded_rows(n: int) -> int:
