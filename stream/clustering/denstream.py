@@ -431,7 +431,11 @@ class DenStream(Clusterer):
         labels = self._labels[:k]
         need = np.float32(1.0 - self.offline_eps)
         linked = cand if cores.size > 1 else cand[:0]  # cores compared with every core
-        lonely = np.flatnonzero(pot & ~core & ~np.isin(labels, labels[cores]))
+        # labels as indices into their sorted distinct values: one sort for both lookups below
+        distinct, label_at = np.unique(labels, return_inverse=True)
+        with_core = np.zeros(distinct.size, bool)
+        with_core[label_at[cores]] = True
+        lonely = np.flatnonzero(pot & ~core & ~with_core[label_at])
         fresh, old = lonely[~settled[lonely]], lonely[settled[lonely]]
         if linked.size + fresh.size == 0 and (old.size == 0 or cand.size == 0):
             self._settled[old] = True
@@ -463,7 +467,9 @@ class DenStream(Clusterer):
         root = _components(inv[:la.size], inv[la.size:], nodes.size)  # smallest label wins
         moved = root != np.arange(nodes.size)
         merged = np.stack([nodes[moved], nodes[root[moved]]], axis=1)
-        rows = np.flatnonzero(np.isin(labels, merged[:, 0]))
+        moved_label = np.zeros(distinct.size, bool)
+        moved_label[np.searchsorted(distinct, merged[:, 0])] = True  # each one is a row's label
+        rows = np.flatnonzero(moved_label[label_at])
         labels[rows] = nodes[root[np.searchsorted(nodes, labels[rows])]]
         return rows, merged
 
