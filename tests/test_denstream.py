@@ -684,3 +684,23 @@ def test_empty_batch_and_empty_state() -> None:
 def test_constructor_validates(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DenStream(**kwargs)  # type: ignore[arg-type]
+
+
+def test_masked_argmax_and_sorted_membership_match_their_reference_forms() -> None:
+    """The step's shortcuts equal what they replace: the argmax among some columns equals
+    the argmax with the other columns at -inf (first index on ties), and membership by
+    binary search in a sorted array equals np.isin."""
+    from stream.clustering.denstream import _argmax_among, _in_sorted
+
+    rng = np.random.default_rng(3)
+    S = rng.integers(0, 5, (60, 40)).astype(np.float32)  # many ties
+    for frac in (0.05, 0.5, 1.0):
+        kind = rng.random(40) < frac
+        kind[rng.integers(40)] = True
+        rows = np.sort(rng.choice(60, 25, replace=False))
+        expect = np.where(kind, S[rows], -np.inf).argmax(axis=1)
+        np.testing.assert_array_equal(_argmax_among(S, rows, np.flatnonzero(kind)), expect)
+    for size in (0, 1, 30):
+        b = np.unique(rng.integers(0, 50, size))
+        a = rng.integers(-5, 60, 100)
+        np.testing.assert_array_equal(_in_sorted(a, b), np.isin(a, b))

@@ -58,6 +58,25 @@ def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
             parent = up
 
 
+def _argmax_among(S: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For each of ``rows`` of ``S``, the column of its largest entry among ``cols``
+    (ascending, not empty), the first on ties: the masked argmax, on the columns of the kind
+    only rather than on every column with the others set to ``-inf``."""
+    return cols[S[np.ix_(rows, cols)].argmax(axis=1)]
+
+
+def _in_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, b)`` for ``b`` sorted, by binary search: no sort of ``a`` with ``b``.
+
+    >>> _in_sorted(np.array([5, 1, 7]), np.array([1, 5])).tolist()
+    [True, True, False]
+    """
+    if b.size == 0:
+        return np.zeros(a.shape, bool)
+    pos = np.minimum(np.searchsorted(b, a), b.size - 1)
+    return b[pos] == a
+
+
 class DenStream(Clusterer):
     """DenStream (Cao, Ester, Qian and Zhou, "Density-Based Clustering over an Evolving Data
     Stream with Noise", SDM 2006) on unit-length embeddings in cosine space.
@@ -594,7 +613,7 @@ class DenStream(Clusterer):
         j = best[docs]
         away = np.flatnonzero(~kind[j])
         if away.size:
-            j[away] = np.where(kind, S[docs[away]], -np.inf).argmax(axis=1)
+            j[away] = _argmax_among(S, docs[away], np.flatnonzero(kind))
         return j, S[docs, j].astype(np.float64)
 
     def _fits(self, norm: np.ndarray, weight: np.ndarray, sim: np.ndarray) -> np.ndarray:
@@ -643,7 +662,7 @@ class DenStream(Clusterer):
         j = np.zeros(docs.size, np.int64)  # nearest old row first (ties to it), then new rows
         sim = np.full(docs.size, -np.inf, np.float32)
         if any_old:
-            j = np.where(old, S[docs], -np.inf).argmax(axis=1)
+            j = _argmax_among(S, docs, np.flatnonzero(old))
             sim = S[docs, j]
         if new.size:
             if Xq is None or self._int8 is None:
@@ -739,7 +758,7 @@ class DenStream(Clusterer):
                 self._created_t[new_rows] = t
                 self._k = k + n_groups - gone.size
             if gone.size:
-                left = ev_labels[~np.isin(ev_labels, self._labels[:self._k])]
+                left = ev_labels[~_in_sorted(ev_labels, np.unique(self._labels[:self._k]))]
                 faded = np.concatenate([faded, np.unique(left)])
         # decayed update of the touched micro-clusters
         urows, dsums, dcounts = sum_rows_by(rows, X)
@@ -792,7 +811,7 @@ class DenStream(Clusterer):
             cluster_ids[border[0]] = self._labels[border[1]]
         if new_ids.size:  # founders: the first document of a new row that carries its id
             hit = np.flatnonzero(cluster_ids == self._ids[rows])
-            hit = hit[np.isin(cluster_ids[hit], new_ids)]
+            hit = hit[_in_sorted(cluster_ids[hit], np.sort(new_ids))]
             _, first = np.unique(rows[hit], return_index=True)
             is_new[hit[first]] = True
         is_outlier = over | in_outlier
