@@ -201,29 +201,16 @@ def test_grouping_of_novel_documents_matches_one_document_at_a_time() -> None:
     assert 0 < joined.sum() < 100  # some pairs near the bound join, some do not
 
 
-def test_bf16_product_gives_the_fp32_clusters() -> None:
-    """The bfloat16 product of the batch with the centres rounds similarities by about
-    2**-8; on a stream of separated topics the micro-clusters and labels are those of the
-    float32 product."""
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_products_give_the_fp32_clusters(precision: str) -> None:
+    """bf16 (the product of the batch with the centres) and int8 (every product of the
+    step) round similarities by about 2**-8; on a stream of separated topics the
+    micro-clusters and labels are those of the float32 products."""
     X = blobs(2000, 20, dim=64, noise=0.3, seed=6)
     runs = []
-    for precision in ("fp32", "bf16"):
-        ds = DenStream(eps=0.15, half_life=1000.0, precision=precision)
-        ids = np.concatenate([ds.learn_predict(X[i:i + 200]).cluster_ids
-                              for i in range(0, len(X), 200)])
-        runs.append((ids, ds.n_micro_clusters))
-    (a, ka), (b, kb) = runs
-    assert ka == kb
-    assert (a == b).mean() >= 0.99
-
-
-def test_int8_products_give_the_fp32_clusters() -> None:
-    """With every product of the step in int8 (similarities within about 2**-8), a stream
-    of separated topics gets the micro-clusters and labels of the float32 products."""
-    X = blobs(2000, 20, dim=64, noise=0.3, seed=6)
-    runs = []
-    for precision in ("fp32", "int8"):
-        ds = DenStream(eps=0.15, half_life=1000.0, precision=precision)
+    for p in ("fp32", precision):
+        ds = DenStream(eps=0.15, half_life=1000.0, precision=p)
+        assert (ds._int8 is not None) == (p == "int8")
         ids = np.concatenate([ds.learn_predict(X[i:i + 200]).cluster_ids
                               for i in range(0, len(X), 200)])
         runs.append((ids, ds.n_micro_clusters))

@@ -64,21 +64,6 @@ def test_bf16_products_of_every_batch_size_take_a_few_shapes(monkeypatch: pytest
     assert {s[0] for s in shapes} == {64, 128, 192, 256}
 
 
-def test_bf16_keeps_the_callers_torch_threads() -> None:
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        cross(units(8, 16, 4), units(8, 16, 5), "bf16")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_empty_operands() -> None:
-    assert cross(np.zeros((0, 4), np.float32), units(3, 4, 6), "bf16").shape == (0, 3)
-    assert cross(units(3, 4, 7), np.zeros((0, 4), np.float32), "bf16").shape == (3, 0)
-
-
 def test_auto_follows_the_cpu() -> None:
     """int8 where the CPU has int8 dot-product instructions, else float32; never bf16
     (not faster without AMX, measured)."""
@@ -135,22 +120,6 @@ def test_int8_rows_kept_in_step_give_the_product_of_their_rows() -> None:
     np.testing.assert_allclose(S, C[[1, 2]] @ C[[0, 4]].T, atol=2.0 ** -7)
 
 
-def test_int8_keeps_the_callers_torch_threads() -> None:
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        cross(units(8, 16, 4), units(8, 16, 5), "int8")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_int8_empty_operands() -> None:
-    assert cross(np.zeros((0, 4), np.float32), units(3, 4, 6), "int8").shape == (0, 3)
-    assert cross(units(3, 4, 7), np.zeros((0, 4), np.float32), "int8").shape == (3, 0)
-    assert Int8Rows(4, 4).cross(units(2, 4, 8), 0).shape == (2, 0)
-
-
 def test_int8_without_torchs_int8_product_is_refused_and_auto_falls_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from stream.clustering import products
@@ -160,3 +129,24 @@ def test_int8_without_torchs_int8_product_is_refused_and_auto_falls_back(
     assert resolve_precision("auto") == "fp32"
     with pytest.raises(ValueError, match="precision='int8' needs torch._int_mm"):
         resolve_precision("int8")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_products_keep_the_callers_torch_threads(precision: str) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cross(units(8, 16, 4), units(8, 16, 5), precision)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_empty_operands(precision: str) -> None:
+    assert cross(np.zeros((0, 4), np.float32), units(3, 4, 6), precision).shape == (0, 3)
+    assert cross(units(3, 4, 7), np.zeros((0, 4), np.float32), precision).shape == (3, 0)
+
+
+def test_int8_rows_with_no_rows_held() -> None:
+    assert Int8Rows(4, 4).cross(units(2, 4, 8), 0).shape == (2, 0)
