@@ -621,6 +621,41 @@ def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> Non
         assert r.is_new_cluster.tolist() == [not border]
 
 
+def test_border_search_from_the_online_step_equals_searching_again() -> None:
+    """Border documents start from the nearest p-micro-cluster that the online step found
+    (searched again only where the batch touched it): the labels over a stream equal
+    those of a border search over every untouched p-micro-cluster."""
+    reused = redone = 0
+
+    class Counting(DenStream):
+        def _border(self, X: np.ndarray, S: np.ndarray, touched: np.ndarray, t: float,
+                    docs: np.ndarray, Xq: tuple[np.ndarray, np.ndarray] | None = None,
+                    near_pot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            nonlocal reused, redone
+            if near_pot is not None and docs.size:
+                fresh = np.isin(near_pot[docs], touched)
+                redone += int(fresh.sum())
+                reused += int((~fresh).sum())
+            return super()._border(X, S, touched, t, docs, Xq, near_pot)
+
+    class Full(DenStream):
+        def _border(self, X: np.ndarray, S: np.ndarray, touched: np.ndarray, t: float,
+                    docs: np.ndarray, Xq: tuple[np.ndarray, np.ndarray] | None = None,
+                    near_pot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            return super()._border(X, S, touched, t, docs, Xq, None)
+
+    # rounded coordinates: many exact ties between micro-clusters
+    X = np.round(blobs(3000, 40, dim=16, noise=0.7, seed=11) * 4) / 4
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    for precision in ("fp32", "int8"):
+        a = Counting(eps=0.1, half_life=500, border_eps=0.3, precision=precision)
+        b = Full(eps=0.1, half_life=500, border_eps=0.3, precision=precision)
+        for i in range(0, len(X), 100):
+            ra, rb = a.learn_predict(X[i:i + 100]), b.learn_predict(X[i:i + 100])
+            assert ra.cluster_ids.tolist() == rb.cluster_ids.tolist()
+    assert reused > 0 and redone > 0  # both ways were taken
+
+
 def test_documents_are_labelled_after_the_batch() -> None:
     """Labels are given against the micro-clusters as the batch leaves them: documents of a
     new micro-cluster that the batch made potential take its own label, not a nearby older

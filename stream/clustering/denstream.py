@@ -635,15 +635,20 @@ class DenStream(Clusterer):
         return cand[order[:need]]
 
     def _border(self, X: np.ndarray, S: np.ndarray, touched: np.ndarray, t: float,
-                docs: np.ndarray, Xq: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                docs: np.ndarray, Xq: tuple[np.ndarray, np.ndarray] | None = None,
+                near_pot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """DBSCAN's border points, after the batch's update and offline step: of the
         documents ``docs`` (those left in o-micro-clusters), the ones within ``border_eps`` of
         the nearest p-micro-cluster's centre, and that micro-cluster's row.
 
         ``S`` holds the documents' similarities to the centres of the rows before the batch;
         only the rows ``touched`` by the batch (moved centres, new rows, which may have taken
-        an evicted row's place) are compared again."""
+        an evicted row's place) are compared again. ``near_pot``, when given, is every
+        document's nearest p-micro-cluster in ``S`` as the online step found it: the rows
+        untouched by the batch kept their weights (decayed to the batch's time), so they are
+        potential now exactly when they were then, and where a document's nearest one was
+        not touched it is also its nearest untouched one (ties included); the others are
+        searched again."""
         k = self._k
         none = np.zeros(0, np.int64), np.zeros(0, np.int64)
         if docs.size == 0 or k == 0:
@@ -662,7 +667,13 @@ class DenStream(Clusterer):
         j = np.zeros(docs.size, np.int64)  # nearest old row first (ties to it), then new rows
         sim = np.full(docs.size, -np.inf, np.float32)
         if any_old:
-            j = _argmax_among(S, docs, np.flatnonzero(old))
+            if near_pot is None:
+                j = _argmax_among(S, docs, np.flatnonzero(old))
+            else:
+                j = near_pot[docs]
+                redo = np.flatnonzero(~old[j])
+                if redo.size:
+                    j[redo] = _argmax_among(S, docs[redo], np.flatnonzero(old))
             sim = S[docs, j]
         if new.size:
             if Xq is None or self._int8 is None:
@@ -696,6 +707,7 @@ class DenStream(Clusterer):
         S = np.zeros((n, k), np.float32)
         w = np.zeros(k, np.float64)
         pot = np.zeros(k, bool)
+        near_pot: np.ndarray | None = None  # each document's nearest p-micro-cluster
         if k and n:
             S = self._cross_centres(X, k, Xq)
             f = decay_factor(t - self._last_t[:k], self.half_life)
@@ -708,6 +720,8 @@ class DenStream(Clusterer):
                 if docs.size == 0 or not kind.any():
                     continue
                 j, s = self._nearest(S, best, kind, docs)
+                if kind is pot:
+                    near_pot = j
                 ok = self._fits(norm[j], w[j], s)
                 rows[docs[ok]] = j[ok]
                 taken[docs[ok]] = True
@@ -806,7 +820,7 @@ class DenStream(Clusterer):
         similarity = np.einsum("ij,ij->i", X, self._centres[rows])
         in_outlier = self._weights[rows] < self.min_weight  # touched rows: weights are at t
         cluster_ids = self._labels[rows].copy()
-        border = self._border(X, S, urows, t, np.flatnonzero(in_outlier), Xq)
+        border = self._border(X, S, urows, t, np.flatnonzero(in_outlier), Xq, near_pot)
         if border[0].size:
             cluster_ids[border[0]] = self._labels[border[1]]
         if new_ids.size:  # founders: the first document of a new row that carries its id
