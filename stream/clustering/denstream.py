@@ -515,7 +515,7 @@ class DenStream(Clusterer):
             return cross(X, self._centres[:k], self.precision)
         return np.ascontiguousarray(cross(X, self._centres, self.precision)[:, :k])
 
-    def _leaders(self, Xn: np.ndarray, budget: int,
+    def _leaders(self, Xn: np.ndarray | None, budget: int,
                  Xq: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Grouping of the novel documents, in arrival order, as the paper's one-document
         step would do it: a document joins the group with the nearest centre when the radius
@@ -533,16 +533,26 @@ class DenStream(Clusterer):
         halved, and that dot product is at most ``c`` times ``x``'s largest similarity to an
         earlier novel document. Documents below every group's bound (its *reach*) cannot
         join any group, so they open groups (while the budget lasts) without a step; only
-        the others take the exact step, which decides as the one-document loop does."""
-        m = len(Xn)
+        the others take the exact step, which decides as the one-document loop does.
+
+        ``Xn`` holds the novel documents, ``Xq`` the same in int8 (:func:`quantise`); when
+        ``Xq`` is given, ``Xn`` is not read and may be None."""
+        if Xq is not None:
+            gram = int8_product(*Xq, *Xq)
+        elif Xn is not None:
+            gram = Xn @ Xn.T
+        else:
+            raise ValueError("_leaders needs the documents, as floats or in int8")
+        m = len(gram)
         group = np.full(m, -1, np.int64)
         size = min(m, max(budget, 0))
         if m == 0:
             return group
-        gram = Xn @ Xn.T if Xq is None else int8_product(*Xq, *Xq)
         diag = gram.diagonal().astype(np.float64)
-        # each document's largest similarity to an earlier one (-inf for the first)
-        earlier = np.where(np.tri(m, m, -1, bool).T, gram, -np.inf).max(axis=0)
+        # each document's largest similarity to an earlier one (-inf for the first): the
+        # running maximum down the columns, read just above the diagonal
+        earlier = np.concatenate([[-np.inf],
+                                  np.maximum.accumulate(gram, axis=0).diagonal(1)]).astype(np.float32)
         cap = max(size, 1)
         dots = np.zeros((cap, m), np.float32)
         inv_norms = np.ones(cap, np.float32)  # 1 / norm of each group's sum
@@ -704,7 +714,7 @@ class DenStream(Clusterer):
         rows = np.zeros(n, np.int64)
         taken = np.zeros(n, bool)
         best = np.zeros(n, np.int64)
-        S = np.zeros((n, k), np.float32)
+        S = np.zeros((n, k), np.float32) if not (k and n) else np.zeros((0, 0), np.float32)
         w = np.zeros(k, np.float64)
         pot = np.zeros(k, bool)
         near_pot: np.ndarray | None = None  # each document's nearest p-micro-cluster
@@ -732,7 +742,8 @@ class DenStream(Clusterer):
         if novel.size:
             joined = rows[taken]
             budget = self.max_micro_clusters - int(np.count_nonzero(np.bincount(joined, minlength=k)))
-            group = self._leaders(X[novel], budget, None if Xq is None else (Xq[0][novel], Xq[1][novel]))
+            group = self._leaders(X[novel] if Xq is None else None, budget,
+                                  None if Xq is None else (Xq[0][novel], Xq[1][novel]))
             placed = group >= 0
             n_groups = int(group.max()) + 1 if placed.any() else 0
             gone = self._evictable(w, joined, k + n_groups - self.max_micro_clusters)
@@ -810,7 +821,7 @@ class DenStream(Clusterer):
         delta = Delta(
             n_docs=n,
             ids=self._ids[touched].copy(),
-            sums=np.concatenate([dsums, np.zeros((only.size, d), np.float32)]),
+            sums=np.concatenate([dsums, np.zeros((only.size, d), np.float32)]) if only.size else dsums,
             weights=np.concatenate([dcounts.astype(np.float64), np.zeros(only.size)]),
             counts=np.concatenate([dcounts.astype(np.int64), np.zeros(only.size, np.int64)]),
             new_ids=new_ids,
