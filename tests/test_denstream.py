@@ -595,6 +595,25 @@ def test_full_capacity_evicts_the_lightest_micro_cluster_not_joined() -> None:
     assert r.delta.removed.tolist() == [8] and r.faded.tolist() == [8]
 
 
+def test_eviction_choice_equals_sorting_every_spare_row() -> None:
+    """The rows to evict, chosen among those as light as the need-th lightest, equal the
+    first rows of a full sort of the spare rows by (weight, last update, id), ties
+    included."""
+    rng = np.random.default_rng(7)
+    ds = DenStream(eps=0.01, max_micro_clusters=300)
+    ds.learn_predict(unit(*rng.normal(size=(300, 64)).tolist()))  # 300 distinct rows
+    k = ds.n_micro_clusters
+    assert k == 300
+    for _ in range(20):
+        w = rng.integers(1, 6, k).astype(np.float64)  # many ties in weight
+        ds._last_t[:k] = rng.integers(0, 3, k)
+        joined = rng.choice(k, 40, replace=False)
+        spare = np.setdiff1d(np.arange(k), joined)
+        expect = spare[np.lexsort((ds._ids[spare], ds._last_t[spare], w[spare]))]
+        for need in (0, 1, 7, 100, spare.size, spare.size + 5):
+            np.testing.assert_array_equal(ds._evictable(w, joined, need), expect[:max(need, 0)])
+
+
 def test_border_documents_take_the_label_of_the_nearest_p_micro_cluster() -> None:
     """A document that fits no micro-cluster but lies within border_eps of a
     p-micro-cluster's centre is labelled with that cluster; its weight goes to a new

@@ -642,7 +642,11 @@ class DenStream(Clusterer):
         cand = np.flatnonzero(spare)
         if need <= 0 or cand.size == 0:
             return cand[:0]
-        order = np.lexsort((self._ids[cand], self._last_t[cand], w[cand]))
+        wc = w[cand]
+        if need < cand.size:  # only the rows as light as the need-th lightest can be chosen
+            cand = cand[wc <= np.partition(wc, need - 1)[need - 1]]
+            wc = w[cand]
+        order = np.lexsort((self._ids[cand], self._last_t[cand], wc))
         return cand[order[:need]]
 
     def _border(self, X: np.ndarray, S: np.ndarray, touched: np.ndarray, t: float,

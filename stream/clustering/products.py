@@ -153,7 +153,7 @@ def quantise(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(A.shape, np.int8), np.ones(len(A), np.float32)
     top = np.abs(A).max(axis=1).astype(np.float32, copy=False)
     scale = np.maximum(top / np.float32(127.0), np.float32(1e-30))
-    scaled = A * (np.float32(1.0) / scale)[:, None]
+    scaled = np.einsum("ij,i->ij", A, np.float32(1.0) / scale)  # faster than A * col[:, None]
     q = np.rint(scaled, out=scaled).astype(np.int8)
     return q, scale
 
