@@ -719,12 +719,12 @@ class DenStream(Clusterer):
         rows = np.zeros(n, np.int64)
         taken = np.zeros(n, bool)
         best = np.zeros(n, np.int64)
-        S = np.zeros((n, k), np.float32) if not (k and n) else np.zeros((0, 0), np.float32)
+        # the similarities to the centres; no zero matrix allocated only to be replaced
+        S = self._cross_centres(X, k, Xq) if k and n else np.zeros((n, k), np.float32)
         w = np.zeros(k, np.float64)
         pot = np.zeros(k, bool)
         near_pot: np.ndarray | None = None  # each document's nearest p-micro-cluster
         if k and n:
-            S = self._cross_centres(X, k, Xq)
             f = decay_factor(t - self._last_t[:k], self.half_life)
             w, norm = self._weights[:k] * f, self._norms[:k] * f
             pot = w >= self.min_weight
