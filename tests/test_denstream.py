@@ -191,13 +191,13 @@ def test_grouping_of_novel_documents_matches_one_document_at_a_time() -> None:
                 sums[g] = sums[g] + x
                 counts[g] += 1
             expect.append(g)
-        assert ds._leaders(X, budget).tolist() == expect
+        assert ds._leaders(X @ X.T, budget).tolist() == expect
     # both ways through the grouping were taken: groups of one and groups of many
-    groups = ds._leaders(scattered, 200)
+    groups = ds._leaders(scattered @ scattered.T, 200)
     sizes = np.bincount(groups)
     assert (sizes == 1).sum() > 100 and sizes.max() >= 2
-    assert np.bincount(ds._leaders(tight, 120)).max() > 20
-    joined = ds._leaders(pairs, 200)[100:] < 100
+    assert np.bincount(ds._leaders(tight @ tight.T, 120)).max() > 20
+    joined = ds._leaders(pairs @ pairs.T, 200)[100:] < 100
     assert 0 < joined.sum() < 100  # some pairs near the bound join, some do not
 
 

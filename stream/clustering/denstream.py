@@ -516,8 +516,7 @@ class DenStream(Clusterer):
             return cross(X, self._centres[:k], self.precision)
         return np.ascontiguousarray(cross(X, self._centres, self.precision)[:, :k])
 
-    def _leaders(self, Xn: np.ndarray | None, budget: int,
-                 Xq: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def _leaders(self, gram: np.ndarray, budget: int) -> np.ndarray:
         """Grouping of the novel documents, in arrival order, as the paper's one-document
         step would do it: a document joins the group with the nearest centre when the radius
         after adding it is at most ``eps`` (:meth:`_fits`), else it opens a group. Returns the
@@ -536,14 +535,8 @@ class DenStream(Clusterer):
         join any group, so they open groups (while the budget lasts) without a step; only
         the others take the exact step, which decides as the one-document loop does.
 
-        ``Xn`` holds the novel documents, ``Xq`` the same in int8 (:func:`quantise`); when
-        ``Xq`` is given, ``Xn`` is not read and may be None."""
-        if Xq is not None:
-            gram = int8_product(*Xq, *Xq)
-        elif Xn is not None:
-            gram = Xn @ Xn.T
-        else:
-            raise ValueError("_leaders needs the documents, as floats or in int8")
+        ``gram`` is the novel documents' Gram matrix, in the step's precision
+        (:meth:`_novel_gram`)."""
         m = len(gram)
         group = np.full(m, -1, np.int64)
         size = min(m, max(budget, 0))
@@ -614,6 +607,17 @@ class DenStream(Clusterer):
                 n_groups += 1
             i += 1
         return group
+
+    @staticmethod
+    def _novel_gram(X: np.ndarray, novel: np.ndarray,
+                    Xq: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """The Gram matrix of the documents ``novel`` of the batch: from their int8 form
+        when the batch was quantised (``Xq``), else in float32."""
+        if Xq is not None:
+            xq, xs = Xq[0][novel], Xq[1][novel]
+            return int8_product(xq, xs, xq, xs)
+        Xn = X[novel]
+        return Xn @ Xn.T
 
     @staticmethod
     def _nearest(S: np.ndarray, best: np.ndarray, kind: np.ndarray, docs: np.ndarray
@@ -747,8 +751,7 @@ class DenStream(Clusterer):
         if novel.size:
             joined = rows[taken]
             budget = self.max_micro_clusters - int(np.count_nonzero(np.bincount(joined, minlength=k)))
-            group = self._leaders(X[novel] if Xq is None else None, budget,
-                                  None if Xq is None else (Xq[0][novel], Xq[1][novel]))
+            group = self._leaders(self._novel_gram(X, novel, Xq), budget)
             placed = group >= 0
             n_groups = int(group.max()) + 1 if placed.any() else 0
             gone = self._evictable(w, joined, k + n_groups - self.max_micro_clusters)
